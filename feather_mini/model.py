@@ -1,0 +1,688 @@
+"""LLaVA-1.5 in one file: CLIP vision tower, projector, Llama decoder, KV cache, loading.
+
+LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023) turns an
+image into N visual tokens with a CLIP ViT (Radford et al., 2021), maps them into the
+decoder's embedding space with a Linear-GELU-Linear projector, splices them into the
+prompt in place of one <image> placeholder, and decodes with Llama (Touvron et al., 2023).
+Rotary position embeddings (RoPE, Su et al., 2021) are written out as two free functions,
+`rope_cos_sin` and `apply_rope`, because the pruning criteria of "Feather the Throttle"
+(Endo et al., ICCV 2025) score visual tokens both with and without them.
+
+Module attribute names equal llava-hf's checkpoint keys (`language_model.model.layers.N.
+self_attn.q_proj`, even CLIP's `pre_layrnorm`), so `load_pretrained` only rewrites the
+other prefix layouts transformers has written and is otherwise strict.
+
+Left out: dropout and other training-only options, padded batched generation, several
+images per prompt, LLaVA-NeXT's any-resolution tiles, RoPE scaling variants.
+References (read, not copied): transformers' modeling_clip.py, modeling_llama.py and
+modeling_llava.py; tests/test_parity.py checks this file against them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+
+# -----------------------------------------------------------------------------
+# Configs: frozen dataclasses shaped like llava-hf's config.json; defaults = LLaVA-1.5-7B
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """CLIP ViT-L/14 at 336 px: a 24x24 grid of 14 px patches."""
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    image_size: int = 336
+    patch_size: int = 14
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"
+
+    @property
+    def grid(self) -> int:
+        """Patches per side: the visual tokens form a grid x grid square in raster order."""
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Vicuna-7B v1.5 (a Llama-2 7B)."""
+    vocab_size: int = 32064
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: one per query head (no grouping)
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int = 1
+    eos_token_id: int | list[int] = 2
+
+    def __post_init__(self):
+        # Resolve the two derived sizes once, so every reader sees plain ints.
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+
+@dataclass(frozen=True)
+class LlavaConfig:
+    vision_config: VisionConfig = field(default_factory=VisionConfig)
+    text_config: TextConfig = field(default_factory=TextConfig)
+    image_token_index: int = 32000
+    vision_feature_layer: int = -2  # index into CLIP's hidden states: -2 = second-to-last layer
+    vision_feature_select_strategy: str = "default"  # "default" drops CLS, "full" keeps it
+    projector_hidden_act: str = "gelu"
+    multimodal_projector_bias: bool = True
+    tie_word_embeddings: bool = False
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """N: the length of the visual span that replaces the one <image> placeholder."""
+        cls = 1 if self.vision_feature_select_strategy == "full" else 0
+        return self.vision_config.grid ** 2 + cls
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> LlavaConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> LlavaConfig:
+        text = dict(raw.get("text_config") or {})
+        # transformers 5 writes rope_parameters; earlier versions rope_theta and rope_scaling.
+        rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise ValueError(f"{source}: text_config RoPE type {rope.get('rope_type', rope.get('type'))!r} "
+                             "is not supported (only the default, unscaled RoPE of LLaVA-1.5)")
+        if "rope_theta" in rope:
+            text["rope_theta"] = rope["rope_theta"]
+        top = _known_fields(cls, raw)
+        if "image_token_id" in raw and "image_token_index" not in raw:
+            top["image_token_index"] = raw["image_token_id"]
+        # Old llava-hf configs stored the tie flag inside text_config.
+        top["tie_word_embeddings"] = bool(raw.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
+        config = cls(**top, vision_config=VisionConfig(**_known_fields(VisionConfig, raw.get("vision_config") or {})),
+                     text_config=TextConfig(**_known_fields(TextConfig, text)))
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Raise ValueError naming the field for settings this file does not implement."""
+        layers = self.vision_config.num_hidden_layers
+        if not isinstance(self.vision_feature_layer, int):
+            raise ValueError(f"{source}: vision_feature_layer={self.vision_feature_layer!r}: only a single int "
+                             "layer is supported (LLaVA-1.5 uses -2)")
+        if not -(layers + 1) <= self.vision_feature_layer <= layers:
+            raise ValueError(f"{source}: vision_feature_layer={self.vision_feature_layer} is outside the "
+                             f"{layers + 1} hidden states of a {layers}-layer vision tower")
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(f"{source}: vision_feature_select_strategy="
+                             f"{self.vision_feature_select_strategy!r}: expected 'default' or 'full'")
+        for name, act in [("vision_config.hidden_act", self.vision_config.hidden_act),
+                          ("projector_hidden_act", self.projector_hidden_act),
+                          ("text_config.hidden_act", self.text_config.hidden_act)]:
+            if act not in ACTIVATIONS:
+                raise ValueError(f"{source}: {name}={act!r} is not one of {sorted(ACTIVATIONS)}")
+
+
+def _known_fields(cls, raw: dict) -> dict:
+    """The entries of a config.json dict that `cls` declares (model_type, dtype... are ignored)."""
+    names = {f.name for f in fields(cls)} - {"vision_config", "text_config"}
+    return {k: v for k, v in raw.items() if k in names}
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)  # CLIP's sigmoid approximation of GELU
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact (erf) GELU: LLaVA's projector
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": quick_gelu,  # CLIP
+    "silu": F.silu,  # Llama's SwiGLU gate
+}
+
+# -----------------------------------------------------------------------------
+# RoPE: two free functions, so a criterion can score q.k with or without rotation
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (B, T, head_dim) for integer positions (B, T).
+
+    Angle of pair i at position p: p * theta^(-2i/head_dim). The angles are computed in
+    float32 (as transformers does) and only then cast, because p * freq for p in the
+    thousands loses its phase in half precision.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (B, T, head_dim/2)
+    angles = torch.cat((angles, angles), dim=-1)  # half-split layout: pair i is (i, i + head_dim/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate q or k (B, nh, T, hs) by cos/sin (B, T, hs), in the half-split form of HF Llama
+    weights: dims i and i + hs/2 form one 2-d pair (not adjacent dims as in the paper)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs): each key/value head serves n_rep query heads."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+# -----------------------------------------------------------------------------
+# Vision tower: CLIP ViT. https://github.com/huggingface/transformers/blob/main/src/transformers/models/clip/modeling_clip.py
+
+
+class CLIPAttention(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        d, self.n_head = cfg.hidden_size, cfg.num_attention_heads
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d) for _ in range(3))
+        self.out_proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = (proj(x).view(B, T, self.n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        y = F.scaled_dot_product_attention(q, k, v)  # every patch sees every patch: no mask
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, d))
+
+
+class CLIPMLP(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CLIPEncoderLayer(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.self_attn = CLIPAttention(cfg)
+        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = CLIPMLP(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class CLIPEmbeddings(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.class_embedding = nn.Parameter(torch.randn(d) * d ** -0.5)
+        self.patch_embedding = nn.Conv2d(cfg.num_channels, d, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.position_embedding = nn.Embedding(cfg.grid ** 2 + 1, d)  # CLS + one per patch
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B, N, d), raster order
+        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
+        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
+
+
+class CLIPVisionTower(nn.Module):
+    """Pixels (B, 3, S, S) -> the hidden states after encoder layer `feature_layer` (B, 1 + N, d).
+
+    `feature_layer` indexes CLIP's hidden states the way transformers does: 0 is the
+    embedding output (after pre_layrnorm), i the output of layer i, -1 the last layer.
+    Layers after the selected one are never run.
+    """
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision_model = nn.ModuleDict(dict(
+            embeddings=CLIPEmbeddings(cfg),
+            pre_layrnorm=nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps),  # sic: the checkpoint's spelling
+            encoder=nn.ModuleDict(dict(layers=nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)))),
+            # In the checkpoint, unused by LLaVA: its features are taken before this norm.
+            post_layernorm=nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps),
+        ))
+
+    def forward(self, pixel_values: torch.Tensor, feature_layer: int) -> torch.Tensor:
+        S = self.cfg.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (self.cfg.num_channels, S, S):
+            raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}, "
+                             f"expected (B, {self.cfg.num_channels}, {S}, {S})")
+        vm = self.vision_model
+        x = vm.pre_layrnorm(vm.embeddings(pixel_values))
+        n_layers = feature_layer % (len(vm.encoder.layers) + 1)  # hidden_states[-2] = output of layer L-1
+        for layer in vm.encoder.layers[:n_layers]:
+            x = layer(x)
+        return x
+
+# -----------------------------------------------------------------------------
+# Projector: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llava/modeling_llava.py
+
+
+class LlavaMultiModalProjector(nn.Module):
+    """Visual features (B, N, d_vision) -> decoder embeddings (B, N, d_text)."""
+
+    def __init__(self, cfg: LlavaConfig):
+        super().__init__()
+        d_vis, d_txt, bias = cfg.vision_config.hidden_size, cfg.text_config.hidden_size, cfg.multimodal_projector_bias
+        self.linear_1 = nn.Linear(d_vis, d_txt, bias=bias)
+        self.act = ACTIVATIONS[cfg.projector_hidden_act]
+        self.linear_2 = nn.Linear(d_txt, d_txt, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+# -----------------------------------------------------------------------------
+# Decoder: Llama. https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalize in float32, cast back before the weight: the order transformers uses,
+        # which matters for bit-level agreement in float16.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        d, hs, bias = cfg.hidden_size, cfg.head_dim, cfg.attention_bias
+        self.n_head, self.n_kv_head, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hs
+        self.q_proj = nn.Linear(d, self.n_head * hs, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv_head * hs, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv_head * hs, bias=bias)
+        self.o_proj = nn.Linear(self.n_head * hs, d, bias=bias)
+
+    def project_qk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normed hidden states (B, T, d) -> q (B, nh, T, hs) and k (B, n_kv, T, hs), before RoPE."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        return q, k
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k = self.project_qk(x)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v, positions)
+        n_rep = self.n_head // self.n_kv_head
+        # T > 1 only in a prefill on an empty cache (the model checks), where the causal mask is
+        # the triangle; one decoded token attends to every cached token, so it needs no mask.
+        y = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), is_causal=T > 1)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        d, m, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = nn.Linear(d, m, bias=bias)
+        self.up_proj = nn.Linear(d, m, bias=bias)
+        self.down_proj = nn.Linear(m, d, bias=bias)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg)
+        self.mlp = LlamaMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, positions, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    """Embeddings (B, T, d) at integer positions (B, T) -> next-token logits (B, T, vocab)."""
+
+    def __init__(self, cfg: TextConfig, tie_word_embeddings: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+            layers=nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)),
+            norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
+        ))
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        # cos/sin depend only on the positions: computed once, shared by every layer.
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, positions, cache, i)
+        return self.lm_head(self.model.norm(x))
+
+# -----------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """What each decoder layer has seen: keys and values (B, n_kv, T_l, hs) and the ORIGINAL
+    position id (B, T_l) of each of those tokens.
+
+    Every layer keeps its own T_l, so a layer that sees fewer tokens (after visual-token
+    pruning) holds a shorter cache. `length` counts the positions of the original sequence
+    consumed so far: the next token gets position `length`, whatever was dropped.
+    """
+
+    def __init__(self, num_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.positions: list[torch.Tensor | None] = [None] * num_layers
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        """Append this step's k, v (B, n_kv, T, hs) to `layer`'s cache; return all of them."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+            positions = torch.cat([self.positions[layer], positions], dim=1)
+        self.keys[layer], self.values[layer], self.positions[layer] = k, v, positions
+        return k, v
+
+    def seen(self, layer: int) -> int:
+        """How many tokens `layer` holds."""
+        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+# -----------------------------------------------------------------------------
+# The LLaVA model
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # the new tokens, the stopping eos included
+    text: str | None  # decoded without special tokens; None when the inputs carry no tokenizer
+
+
+class LlavaForConditionalGeneration(nn.Module):
+    def __init__(self, config: LlavaConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.vision_tower = CLIPVisionTower(config.vision_config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.language_model = LlamaForCausalLM(config.text_config, config.tie_word_embeddings)
+
+    @property
+    def device(self) -> torch.device:
+        return self.multi_modal_projector.linear_1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.multi_modal_projector.linear_1.weight.dtype
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, S, S) -> visual tokens in the decoder's space (B, N, d_text)."""
+        feats = self.vision_tower(pixel_values, self.config.vision_feature_layer)
+        if self.config.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]  # drop CLS: N = grid * grid patches, raster order
+        return self.multi_modal_projector(feats)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, d) with each image's N features written over its N placeholders."""
+        is_visual = input_ids == self.config.image_token_index
+        B, N = pixel_values.shape[0], self.config.num_visual_tokens
+        if is_visual.sum().item() != B * N:
+            raise ValueError(f"input_ids hold {is_visual.sum().item()} image tokens (id "
+                             f"{self.config.image_token_index}) for {B} image(s) of {N} visual tokens each; "
+                             f"expected {B * N}")
+        # The placeholder id may lie outside the vocabulary; its embedding is overwritten anyway.
+        h = self.language_model.model.embed_tokens(input_ids.masked_fill(is_visual, 0))
+        feats = self.image_features(pixel_values).to(h.dtype)
+        return h.masked_scatter(is_visual[..., None], feats)
+
+    def forward(self, inputs, cache: KVCache | None = None) -> torch.Tensor:
+        """Prefill: full-sequence logits (B, T, vocab), float32.
+
+        `inputs` is what the processor returns (anything with input_ids (B, T) and
+        pixel_values (B, 3, S, S)). With a cache, it must be empty; it is filled.
+        """
+        input_ids = inputs.input_ids.to(self.device)
+        pixel_values = inputs.pixel_values.to(self.device, self.dtype)
+        if cache is not None and cache.length:
+            raise ValueError(f"the prefill needs an empty KVCache; this one already holds {cache.length} positions")
+        B, T = input_ids.shape
+        self._check_context(T)
+        positions = torch.arange(T, device=self.device).expand(B, T)
+        logits = self.language_model(self.embed(input_ids, pixel_values), positions, cache)
+        if cache is not None:
+            cache.length = T
+        return logits.float()
+
+    def decode_step(self, token_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new token per sequence (B, 1) after a prefill -> its logits (B, 1, vocab), float32."""
+        B = token_ids.shape[0]
+        self._check_context(cache.length + 1)
+        positions = torch.full((B, 1), cache.length, device=self.device)
+        h = self.language_model.model.embed_tokens(token_ids.to(self.device))
+        logits = self.language_model(h, positions, cache)
+        cache.length += 1
+        return logits.float()
+
+    @torch.inference_mode()
+    def generate(self, inputs, max_new_tokens: int = 32) -> Generation:
+        """Greedy decoding with the KV cache; stops at eos or after max_new_tokens."""
+        if inputs.input_ids.shape[0] != 1:
+            raise ValueError(f"generate takes one sequence; got a batch of {inputs.input_ids.shape[0]}")
+        self._check_context(inputs.input_ids.shape[1] + max_new_tokens - 1)
+        eos = self.config.text_config.eos_token_id
+        eos = set(eos) if isinstance(eos, list) else {eos}
+        cache = KVCache(self.config.text_config.num_hidden_layers)
+        logits = self(inputs, cache)[:, -1]
+        new = []
+        while len(new) < max_new_tokens:
+            next_id = logits.argmax(-1)  # (1,); ties go to the lowest id
+            new.append(next_id.item())
+            if new[-1] in eos or len(new) == max_new_tokens:
+                break
+            logits = self.decode_step(next_id[:, None], cache)[:, -1]
+        tokenizer = getattr(inputs, "tokenizer", None)
+        text = tokenizer.decode(new, skip_special_tokens=True).strip() if tokenizer is not None else None
+        return Generation(token_ids=new, text=text)
+
+    def _check_context(self, length: int) -> None:
+        limit = self.config.text_config.max_position_embeddings
+        if length > limit:
+            raise ValueError(f"sequence of {length} tokens exceeds the model's context of {limit} "
+                             "(text_config.max_position_embeddings)")
+
+# -----------------------------------------------------------------------------
+# Loading safetensors checkpoints
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file that does not match the model its config.json describes."""
+
+
+# Prefix rewrites from the layouts transformers has written to ours (= llava-hf's).
+# 4.52+ in memory and on disk: model.language_model.*, model.vision_tower.*, lm_head.*;
+# 5.x on disk: language_model.model.* but vision_tower.* without CLIP's vision_model level.
+_PREFIXES = [
+    ("model.language_model.", "language_model.model."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("lm_head.", "language_model.lm_head."),
+]
+# Buffers some checkpoints carry; this file recomputes them.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
+
+
+def canonical_key(key: str) -> str | None:
+    """A checkpoint key in any of the three layouts -> our module's key; None for a buffer we recompute."""
+    if key.endswith(_IGNORED_SUFFIXES):
+        return None
+    for old, new in _PREFIXES:
+        if key.startswith(old):
+            key = new + key[len(old):]
+            break
+    if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
+        key = "vision_tower.vision_model." + key[len("vision_tower."):]
+    return key
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder: one model.safetensors or the shards its index lists."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({e!r})") from None
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shard {missing[0]}, which is not in {folder}")
+        return [folder / s for s in shards]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    pickles = sorted(p.name for p in folder.glob("*.bin"))
+    hint = f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+    raise CheckpointError(f"{folder}: no weights: expected model.safetensors or model.safetensors.index.json{hint}")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None/'cpu' -> CPU; 'auto' -> CUDA, else MPS, else CPU; 'cuda'/'mps' only where available."""
+    if device is None:
+        return torch.device("cpu")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {str(device)!r} is not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} requested but MPS is not available on this machine")
+    return device
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None -> float32 on CPU, float16 on CUDA and MPS."""
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+
+
+def load_model(path: str | Path, device=None, dtype=None) -> LlavaForConditionalGeneration:
+    """Build the model config.json describes and fill it from safetensors, strictly.
+
+    Every tensor must be present with the shape the config implies, and nothing else may be
+    (apart from recomputed buffers such as rotary_emb.inv_freq); a tied lm_head may be
+    absent. Tensors go straight to `device` in `dtype`: the model is built on the meta
+    device, so a 7B checkpoint needs its own size in memory, not twice that.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (a llava-hf style checkpoint folder needs one)")
+    config = LlavaConfig.from_json(folder / "config.json")
+    files = weight_files(folder)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state, origin = {}, {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for raw_key in f.keys():
+                    key = canonical_key(raw_key)
+                    if key is None:
+                        continue
+                    shape = tuple(f.get_slice(raw_key).get_shape())
+                    if key not in expected:
+                        raise CheckpointError(f"{file}: unexpected tensor '{raw_key}' {shape}: the model built "
+                                              "from config.json has no such parameter")
+                    if key in state:
+                        raise CheckpointError(f"{file}: tensor '{raw_key}' is a second copy of "
+                                              f"'{key}', already read from {origin[key]}")
+                    if shape != expected[key]:
+                        raise CheckpointError(f"{file}: tensor '{raw_key}' has shape {shape}, but config.json "
+                                              f"implies {expected[key]}")
+                    tensor = f.get_tensor(raw_key)
+                    state[key] = tensor.to(device, dtype) if tensor.is_floating_point() else tensor.to(device)
+                    origin[key] = file
+        except SafetensorError as e:
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    tied = "language_model.lm_head.weight"
+    if config.tie_word_embeddings and tied not in state and "language_model.model.embed_tokens.weight" in state:
+        state[tied] = state["language_model.model.embed_tokens.weight"]
+    missing = [k for k in expected if k not in state]
+    if missing:
+        names = ", ".join(f"'{k}' {expected[k]}" for k in missing[:3])
+        raise CheckpointError(f"{folder}: {len(missing)} tensor(s) missing from {', '.join(f.name for f in files)}: "
+                              f"{names}{' ...' if len(missing) > 3 else ''}")
+    model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:  # assign=True replaced both Parameters; share one again
+        model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
+    return model.eval().requires_grad_(False)
+
+
+def load_pretrained(path: str | Path, device=None, dtype=None):
+    """(model, processor) from a folder with config.json, safetensors weights and tokenizer.json.
+
+    device: None/'cpu' (default), 'cuda', 'mps' or 'auto'; dtype: None (float32 on CPU,
+    float16 on GPUs), a torch dtype or its name. The model is in eval mode with gradients off.
+    """
+    from .processing import Processor  # processing.py knows nothing of this file
+
+    model = load_model(path, device, dtype)
+    return model, Processor.from_pretrained(path, model.config)

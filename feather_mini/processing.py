@@ -1,0 +1,146 @@
+"""From an image and a question to model inputs, LLaVA-1.5's way.
+
+Image: any Pillow mode -> RGB, padded to a square with the mean colour (LLaVA-1.5's
+"pad" aspect-ratio setting), resized to the vision tower's size, scaled to [0, 1] and
+normalized with preprocessor_config.json's mean/std (CLIP's when the file is absent).
+Text: the LLaVA-1.5 prompt "USER: <image>\\n{question} ASSISTANT:", tokenized by the
+folder's tokenizer.json through `tokenizers`, with the one <image> placeholder expanded
+into the N positions the visual tokens will occupy.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from tokenizers import Tokenizer
+
+IMAGE_PLACEHOLDER = "<image>"
+PROMPT = "USER: " + IMAGE_PLACEHOLDER + "\n{question} ASSISTANT:"
+# OpenAI CLIP's normalization, which LLaVA-1.5's preprocessor_config.json also lists.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Inputs:
+    """One prompt, ready for the model, with what every pruning criterion needs to know.
+
+    The visual tokens occupy input_ids[:, visual_start : visual_start + visual_len] and
+    come in raster order over a grid of `grid` = (rows, cols) patches: row 0 (the top of
+    the image) first, left to right.
+    """
+    input_ids: torch.Tensor  # (1, T) int64; the visual span holds the image token id
+    pixel_values: torch.Tensor  # (1, 3, S, S) float32, normalized
+    visual_start: int
+    visual_len: int
+    grid: tuple[int, int]
+    tokenizer: Tokenizer | None = field(default=None, repr=False)  # lets generate() decode text
+
+    def to(self, device) -> Inputs:
+        return Inputs(self.input_ids.to(device), self.pixel_values.to(device), self.visual_start,
+                      self.visual_len, self.grid, self.tokenizer)
+
+
+def load_image(image: str | Path | Image.Image) -> Image.Image:
+    """A file path or a PIL image -> an RGB PIL image. Errors name the path."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy()
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise ValueError(f"{path}: not a readable image ({e})") from None
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a file path or a PIL.Image, not {type(image).__name__}")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
+    return image.convert("RGB")
+
+
+def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Pad the shorter side equally on both ends (LLaVA-1.5's expand2square)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    square = Image.new("RGB", (side, side), background)
+    square.paste(image, ((side - w) // 2, (side - h) // 2))
+    return square
+
+
+class Processor:
+    """Turns (image, question) into `Inputs` for one model: its image size, patch grid,
+    number of visual tokens and image token id."""
+
+    def __init__(self, tokenizer: Tokenizer, image_size: int, patch_size: int, image_token_index: int,
+                 num_visual_tokens: int, mean=CLIP_MEAN, std=CLIP_STD):
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.image_token_index = image_token_index
+        self.num_visual_tokens = num_visual_tokens
+        self.mean, self.std = tuple(mean), tuple(std)
+        found = tokenizer.token_to_id(IMAGE_PLACEHOLDER)
+        if found != image_token_index:
+            raise ValueError(f"tokenizer has {IMAGE_PLACEHOLDER!r} as id {found}, but the model's "
+                             f"image_token_index is {image_token_index}")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config) -> Processor:
+        """Read tokenizer.json (and preprocessor_config.json when present) from a checkpoint folder."""
+        folder = Path(path)
+        tok_file = folder / "tokenizer.json"
+        if not tok_file.is_file():
+            raise FileNotFoundError(f"{folder}: no tokenizer.json")
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as e:  # tokenizers raises a bare Exception for malformed files
+            raise ValueError(f"{tok_file}: not a readable tokenizers file ({e})") from None
+        mean, std = CLIP_MEAN, CLIP_STD
+        pre_file = folder / "preprocessor_config.json"
+        if pre_file.is_file():
+            try:
+                pre = json.loads(pre_file.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{pre_file}: not valid JSON ({e})") from None
+            mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
+        vc = config.vision_config
+        return cls(tokenizer, vc.image_size, vc.patch_size, config.image_token_index,
+                   config.num_visual_tokens, mean, std)
+
+    def pixel_values(self, image: str | Path | Image.Image) -> torch.Tensor:
+        """(3, S, S) float32: padded to square with the mean colour, resized, normalized."""
+        image = load_image(image)
+        background = tuple(int(m * 255) for m in self.mean)
+        image = expand_to_square(image, background)
+        S = self.image_size
+        image = image.resize((S, S), Image.Resampling.BICUBIC)
+        x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(S, S, 3)
+        x = x.permute(2, 0, 1).float() / 255.0
+        mean, std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def input_ids(self, question: str) -> tuple[torch.Tensor, int]:
+        """The LLaVA-1.5 prompt's ids with the visual span expanded, and where that span starts."""
+        if IMAGE_PLACEHOLDER in question:
+            raise ValueError(f"the question contains the image placeholder {IMAGE_PLACEHOLDER!r}; "
+                             "the processor places the image itself, once, before the question")
+        ids = self.tokenizer.encode(PROMPT.format(question=question)).ids
+        starts = [i for i, t in enumerate(ids) if t == self.image_token_index]
+        if len(starts) != 1:
+            raise ValueError(f"the prompt encodes to {len(starts)} image tokens (id {self.image_token_index}); "
+                             "expected exactly 1")
+        start = starts[0]
+        ids = ids[:start] + [self.image_token_index] * self.num_visual_tokens + ids[start + 1:]
+        return torch.tensor([ids], dtype=torch.long), start
+
+    def __call__(self, image: str | Path | Image.Image, question: str) -> Inputs:
+        input_ids, start = self.input_ids(question)
+        return Inputs(input_ids, self.pixel_values(image)[None], start, self.num_visual_tokens,
+                      self.grid, self.tokenizer)

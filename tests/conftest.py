@@ -1,0 +1,98 @@
+"""Shared fixtures: a word-level tokenizer built in process, and tiny random LLaVA checkpoints
+saved by transformers (the independent reference). Nothing is downloaded."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+
+VOCAB = 64  # text vocabulary of the tiny models
+IMAGE_ID = 63  # the <image> placeholder's id, last in the vocabulary as in llava-hf (32000 of 32064)
+WORDS = ["<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?", "a", "red", "square"]
+
+
+def make_tokenizer() -> Tokenizer:
+    """Whitespace words; ids beyond WORDS are fillers w13..w62 so any generated id decodes."""
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    vocab.update({f"w{i}": i for i in range(len(WORDS), IMAGE_ID)})
+    vocab["<image>"] = IMAGE_ID
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>", "<image>")])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def tiny_hf_llava(kv_heads: int, tied: bool, seed: int = 0):
+    """A random transformers LlavaForConditionalGeneration: 2-layer CLIP at 32 px with 8 px
+    patches (4x4 = 16 visual tokens), 4-layer Llama of width 64."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=16)
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=kv_heads, vocab_size=VOCAB, max_position_embeddings=128,
+                       tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_ID,
+                         tie_word_embeddings=tied, image_seq_length=16)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    # transformers initializes with std 0.02, which leaves logits so flat that greedy
+    # choices hinge on rounding; wider weights give decisive, still finite, logits.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.15)
+            elif "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.1)
+    return model
+
+
+def save_checkpoint(model, folder: Path) -> Path:
+    """save_pretrained as transformers writes it, plus our tokenizer.json."""
+    model.save_pretrained(folder)
+    make_tokenizer().save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def read_tensors(file: Path) -> dict:
+    with safe_open(file, framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def write_tensors(tensors: dict, file: Path) -> None:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(file))
+
+
+@pytest.fixture(scope="session")
+def hf_gqa():
+    """Grouped-query attention (2 key/value heads for 4 query heads), untied lm_head."""
+    return tiny_hf_llava(kv_heads=2, tied=False)
+
+
+@pytest.fixture(scope="session")
+def hf_tied():
+    """Plain multi-head attention, lm_head tied to the token embeddings."""
+    return tiny_hf_llava(kv_heads=4, tied=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def gqa_dir(hf_gqa, tmp_path_factory) -> Path:
+    return save_checkpoint(hf_gqa, tmp_path_factory.mktemp("gqa"))
+
+
+@pytest.fixture()
+def ckpt_copy(gqa_dir, tmp_path) -> Path:
+    """A private copy of the GQA checkpoint folder, for tests that damage it."""
+    for f in gqa_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    return tmp_path
+
+
+def config_of(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())

@@ -1,0 +1,75 @@
+# python -m pytest tests/test_kv_cache.py -q
+"""The KV cache: decoding with it gives the logits of recomputing the whole sequence."""
+from dataclasses import replace
+
+import pytest
+import torch
+from PIL import Image
+
+import feather_mini as fm
+from feather_mini.processing import Inputs
+
+
+@pytest.fixture(scope="module")
+def loaded(gqa_dir):
+    model, processor = fm.load_pretrained(gqa_dir)
+    return model, processor(Image.new("RGB", (40, 24), (200, 30, 90)), "What is in the picture?")
+
+
+def test_cached_decoding_equals_recomputation(loaded):
+    """At each of 8 greedy steps, decode_step's logits equal a full forward over the longer sequence."""
+    model, inputs = loaded
+    cache = fm.KVCache(model.config.text_config.num_hidden_layers)
+    with torch.no_grad():
+        logits = model(inputs, cache)[:, -1]
+        ids = inputs.input_ids
+        for step in range(8):
+            next_id = logits.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], dim=1)
+            logits = model.decode_step(next_id, cache)[:, -1]
+            full = model(Inputs(ids, inputs.pixel_values, inputs.visual_start, inputs.visual_len, inputs.grid))
+            diff = (logits - full[:, -1]).abs().max().item()
+            assert diff <= 1e-5, f"step {step}: cached and recomputed logits differ by {diff:.2e}"
+
+
+def test_cache_holds_what_each_layer_saw(loaded):
+    """After a 24-token prefill and 3 decoded tokens every layer holds 27 keys at positions 0..26."""
+    model, inputs = loaded
+    cache = fm.KVCache(4)
+    with torch.no_grad():
+        model(inputs, cache)
+        for token in (5, 6, 7):
+            model.decode_step(torch.tensor([[token]]), cache)
+    assert cache.length == 27
+    assert [cache.seen(layer) for layer in range(4)] == [27, 27, 27, 27]
+    assert cache.keys[0].shape == (1, 2, 27, 16)  # (B, key/value heads, tokens, head size)
+    assert cache.positions[3].tolist() == [list(range(27))]
+    assert cache.nbytes() == 4 * 2 * (2 * 27 * 16) * 4  # layers * (k, v) * elements * float32 bytes
+
+
+def test_prefill_into_a_used_cache_is_refused(loaded):
+    model, inputs = loaded
+    cache = fm.KVCache(4)
+    with torch.no_grad():
+        model(inputs, cache)
+        with pytest.raises(ValueError, match="the prefill needs an empty KVCache; this one already holds 24 positions"):
+            model(inputs, cache)
+
+
+def test_generate_stops_at_max_new_tokens_and_context(loaded):
+    model, inputs = loaded
+    assert len(model.generate(inputs, max_new_tokens=3).token_ids) == 3
+    model.generate(inputs, max_new_tokens=105)  # feeds positions 0..127: exactly the context of 128
+    with pytest.raises(ValueError, match=r"sequence of 129 tokens exceeds the model's context of 128 "):
+        model.generate(inputs, max_new_tokens=106)
+
+
+def test_generate_stops_at_eos(gqa_dir):
+    """With eos set to the first greedy token, generation returns that one token and empty text."""
+    model, processor = fm.load_pretrained(gqa_dir)
+    inputs = processor(Image.new("RGB", (40, 24), (200, 30, 90)), "What is in the picture?")
+    first = model.generate(inputs, max_new_tokens=1).token_ids[0]
+    model.config = replace(model.config, text_config=replace(model.config.text_config, eos_token_id=first))
+    out = model.generate(inputs, max_new_tokens=10)
+    assert out.token_ids == [first]
+    assert out.text == processor.tokenizer.decode([first], skip_special_tokens=True)
