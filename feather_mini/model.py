@@ -106,12 +106,26 @@ class LlavaConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> LlavaConfig:
+        """A llava-hf config.json dict -> LlavaConfig; errors are prefixed with `source`."""
+        try:
+            return cls._from_dict(raw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    @classmethod
+    def _from_dict(cls, raw: dict) -> LlavaConfig:
+        for where, d, expected in [("model_type", raw, "llava"),
+                                   ("text_config.model_type", raw.get("text_config") or {}, "llama"),
+                                   ("vision_config.model_type", raw.get("vision_config") or {}, "clip_vision_model")]:
+            if d.get("model_type", expected) != expected:
+                raise ValueError(f"{where} is {d['model_type']!r}; this file implements {expected!r}")
         text = dict(raw.get("text_config") or {})
         # transformers 5 writes rope_parameters; earlier versions rope_theta and rope_scaling.
         rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise ValueError(f"{source}: text_config RoPE type {rope.get('rope_type', rope.get('type'))!r} "
-                             "is not supported (only the default, unscaled RoPE of LLaVA-1.5)")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"text_config RoPE type {rope_type!r} is not supported "
+                             "(only the default, unscaled RoPE of LLaVA-1.5)")
         if "rope_theta" in rope:
             text["rope_theta"] = rope["rope_theta"]
         top = _known_fields(cls, raw)
@@ -119,28 +133,26 @@ class LlavaConfig:
             top["image_token_index"] = raw["image_token_id"]
         # Old llava-hf configs stored the tie flag inside text_config.
         top["tie_word_embeddings"] = bool(raw.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
-        config = cls(**top, vision_config=VisionConfig(**_known_fields(VisionConfig, raw.get("vision_config") or {})),
-                     text_config=TextConfig(**_known_fields(TextConfig, text)))
-        config.validate(source)
-        return config
+        return cls(**top, vision_config=VisionConfig(**_known_fields(VisionConfig, raw.get("vision_config") or {})),
+                   text_config=TextConfig(**_known_fields(TextConfig, text)))
 
-    def validate(self, source: str = "config") -> None:
-        """Raise ValueError naming the field for settings this file does not implement."""
+    def __post_init__(self):
+        """Refuse, naming the field, settings this file does not implement."""
         layers = self.vision_config.num_hidden_layers
         if not isinstance(self.vision_feature_layer, int):
-            raise ValueError(f"{source}: vision_feature_layer={self.vision_feature_layer!r}: only a single int "
+            raise ValueError(f"vision_feature_layer={self.vision_feature_layer!r}: only a single int "
                              "layer is supported (LLaVA-1.5 uses -2)")
         if not -(layers + 1) <= self.vision_feature_layer <= layers:
-            raise ValueError(f"{source}: vision_feature_layer={self.vision_feature_layer} is outside the "
+            raise ValueError(f"vision_feature_layer={self.vision_feature_layer} is outside the "
                              f"{layers + 1} hidden states of a {layers}-layer vision tower")
         if self.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(f"{source}: vision_feature_select_strategy="
-                             f"{self.vision_feature_select_strategy!r}: expected 'default' or 'full'")
+            raise ValueError(f"vision_feature_select_strategy={self.vision_feature_select_strategy!r}: "
+                             "expected 'default' or 'full'")
         for name, act in [("vision_config.hidden_act", self.vision_config.hidden_act),
                           ("projector_hidden_act", self.projector_hidden_act),
                           ("text_config.hidden_act", self.text_config.hidden_act)]:
             if act not in ACTIVATIONS:
-                raise ValueError(f"{source}: {name}={act!r} is not one of {sorted(ACTIVATIONS)}")
+                raise ValueError(f"{name}={act!r} is not one of {sorted(ACTIVATIONS)}")
 
 
 def _known_fields(cls, raw: dict) -> dict:
@@ -261,7 +273,8 @@ class CLIPVisionTower(nn.Module):
         self.vision_model = nn.ModuleDict(dict(
             embeddings=CLIPEmbeddings(cfg),
             pre_layrnorm=nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps),  # sic: the checkpoint's spelling
-            encoder=nn.ModuleDict(dict(layers=nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)))),
+            encoder=nn.ModuleDict(dict(
+                layers=nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)))),
             # In the checkpoint, unused by LLaVA: its features are taken before this norm.
             post_layernorm=nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps),
         ))
@@ -443,7 +456,6 @@ class Generation:
 class LlavaForConditionalGeneration(nn.Module):
     def __init__(self, config: LlavaConfig):
         super().__init__()
-        config.validate()
         self.config = config
         self.vision_tower = CLIPVisionTower(config.vision_config)
         self.multi_modal_projector = LlavaMultiModalProjector(config)
@@ -473,9 +485,21 @@ class LlavaForConditionalGeneration(nn.Module):
                              f"{self.config.image_token_index}) for {B} image(s) of {N} visual tokens each; "
                              f"expected {B * N}")
         # The placeholder id may lie outside the vocabulary; its embedding is overwritten anyway.
-        h = self.language_model.model.embed_tokens(input_ids.masked_fill(is_visual, 0))
+        h = self._embed_text(input_ids.masked_fill(is_visual, 0))
         feats = self.image_features(pixel_values).to(h.dtype)
         return h.masked_scatter(is_visual[..., None], feats)
+
+    def _embed_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        vocab = self.config.text_config.vocab_size
+        if token_ids.numel() and not 0 <= token_ids.min().item() <= token_ids.max().item() < vocab:
+            bad = token_ids[(token_ids < 0) | (token_ids >= vocab)][0].item()
+            raise ValueError(f"token id {bad} is outside the vocabulary of {vocab} (text_config.vocab_size)")
+        return self.language_model.model.embed_tokens(token_ids)
+
+    def _check_cache(self, cache: KVCache) -> None:
+        layers = self.config.text_config.num_hidden_layers
+        if len(cache.keys) != layers:
+            raise ValueError(f"KVCache has {len(cache.keys)} layers; the model has {layers}")
 
     def forward(self, inputs, cache: KVCache | None = None) -> torch.Tensor:
         """Prefill: full-sequence logits (B, T, vocab), float32.
@@ -485,8 +509,10 @@ class LlavaForConditionalGeneration(nn.Module):
         """
         input_ids = inputs.input_ids.to(self.device)
         pixel_values = inputs.pixel_values.to(self.device, self.dtype)
-        if cache is not None and cache.length:
-            raise ValueError(f"the prefill needs an empty KVCache; this one already holds {cache.length} positions")
+        if cache is not None:
+            self._check_cache(cache)
+            if cache.length:
+                raise ValueError(f"the prefill needs an empty KVCache; this one already holds {cache.length} positions")
         B, T = input_ids.shape
         self._check_context(T)
         positions = torch.arange(T, device=self.device).expand(B, T)
@@ -497,10 +523,14 @@ class LlavaForConditionalGeneration(nn.Module):
 
     def decode_step(self, token_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new token per sequence (B, 1) after a prefill -> its logits (B, 1, vocab), float32."""
-        B = token_ids.shape[0]
+        self._check_cache(cache)
+        if token_ids.ndim != 2 or token_ids.shape[1] != 1:
+            raise ValueError(f"decode_step takes token ids of shape (B, 1), got {tuple(token_ids.shape)}")
+        if cache.length == 0:
+            raise ValueError("decode_step needs a KVCache filled by a prefill (model(inputs, cache)); this one is empty")
         self._check_context(cache.length + 1)
-        positions = torch.full((B, 1), cache.length, device=self.device)
-        h = self.language_model.model.embed_tokens(token_ids.to(self.device))
+        positions = torch.full((token_ids.shape[0], 1), cache.length, device=self.device)
+        h = self._embed_text(token_ids.to(self.device))
         logits = self.language_model(h, positions, cache)
         cache.length += 1
         return logits.float()
@@ -510,20 +540,22 @@ class LlavaForConditionalGeneration(nn.Module):
         """Greedy decoding with the KV cache; stops at eos or after max_new_tokens."""
         if inputs.input_ids.shape[0] != 1:
             raise ValueError(f"generate takes one sequence; got a batch of {inputs.input_ids.shape[0]}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self._check_context(inputs.input_ids.shape[1] + max_new_tokens - 1)
         eos = self.config.text_config.eos_token_id
         eos = set(eos) if isinstance(eos, list) else {eos}
         cache = KVCache(self.config.text_config.num_hidden_layers)
         logits = self(inputs, cache)[:, -1]
         new = []
-        while len(new) < max_new_tokens:
+        while True:
             next_id = logits.argmax(-1)  # (1,); ties go to the lowest id
             new.append(next_id.item())
             if new[-1] in eos or len(new) == max_new_tokens:
-                break
+                break  # the last token is never fed back: no decode step is wasted on it
             logits = self.decode_step(next_id[:, None], cache)[:, -1]
         tokenizer = getattr(inputs, "tokenizer", None)
-        text = tokenizer.decode(new, skip_special_tokens=True).strip() if tokenizer is not None else None
+        text = tokenizer.decode(new, skip_special_tokens=True) if tokenizer is not None else None
         return Generation(token_ids=new, text=text)
 
     def _check_context(self, length: int) -> None:
@@ -581,7 +613,8 @@ def weight_files(folder: Path) -> list[Path]:
     if (folder / "model.safetensors").is_file():
         return [folder / "model.safetensors"]
     pickles = sorted(p.name for p in folder.glob("*.bin"))
-    hint = f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+    hint = (f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)"
+            if pickles else "")
     raise CheckpointError(f"{folder}: no weights: expected model.safetensors or model.safetensors.index.json{hint}")
 
 
@@ -599,6 +632,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"device {str(device)!r} is not a torch device ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {str(device)!r} requested but MPS is not available on this machine")
     return device
@@ -614,7 +649,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.float32 if device.type == "cpu" else torch.float16
     if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
         return dtype
-    if dtype in _DTYPES:
+    if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
 

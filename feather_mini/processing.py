@@ -1,11 +1,16 @@
 """From an image and a question to model inputs, LLaVA-1.5's way.
 
 Image: any Pillow mode -> RGB, padded to a square with the mean colour (LLaVA-1.5's
-"pad" aspect-ratio setting), resized to the vision tower's size, scaled to [0, 1] and
-normalized with preprocessor_config.json's mean/std (CLIP's when the file is absent).
+"pad" aspect-ratio setting, which it was trained with), resized to the vision tower's
+size, scaled to [0, 1] and normalized with preprocessor_config.json's mean/std (CLIP's
+when the file is absent). This equals transformers' LlavaImageProcessor with do_pad=True;
+llava-hf's own preprocessor_config.json does not pad (it resizes the short side and
+centre-crops), so on non-square images AutoProcessor's pixels differ from these.
 Text: the LLaVA-1.5 prompt "USER: <image>\\n{question} ASSISTANT:", tokenized by the
-folder's tokenizer.json through `tokenizers`, with the one <image> placeholder expanded
-into the N positions the visual tokens will occupy.
+folder's tokenizer.json through `tokenizers` exactly as the file defines it, with the one
+<image> placeholder expanded into the N positions the visual tokens will occupy.
+(transformers 5 rebuilds Llama tokenizers instead of running tokenizer.json as written,
+which can change the ids around <image>; feather_mini follows the file.)
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ class Inputs:
 
     The visual tokens occupy input_ids[:, visual_start : visual_start + visual_len] and
     come in raster order over a grid of `grid` = (rows, cols) patches: row 0 (the top of
-    the image) first, left to right.
+    the image) first, left to right. (With vision_feature_select_strategy "full", CLIP's
+    CLS token comes first, so visual_len = rows * cols + 1.)
     """
     input_ids: torch.Tensor  # (1, T) int64; the visual span holds the image token id
     pixel_values: torch.Tensor  # (1, 3, S, S) float32, normalized
@@ -38,10 +44,6 @@ class Inputs:
     visual_len: int
     grid: tuple[int, int]
     tokenizer: Tokenizer | None = field(default=None, repr=False)  # lets generate() decode text
-
-    def to(self, device) -> Inputs:
-        return Inputs(self.input_ids.to(device), self.pixel_values.to(device), self.visual_start,
-                      self.visual_len, self.grid, self.tokenizer)
 
 
 def load_image(image: str | Path | Image.Image) -> Image.Image:
@@ -85,6 +87,12 @@ class Processor:
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.image_token_index = image_token_index
         self.num_visual_tokens = num_visual_tokens
+        for name, values in [("image_mean", mean), ("image_std", std)]:
+            if not (isinstance(values, (list, tuple)) and len(values) == 3
+                    and all(isinstance(v, (int, float)) for v in values)):
+                raise ValueError(f"{name} must be 3 numbers (R, G, B), got {values!r}")
+        if min(std) <= 0:
+            raise ValueError(f"image_std must be positive, got {std!r}")
         self.mean, self.std = tuple(mean), tuple(std)
         found = tokenizer.token_to_id(IMAGE_PLACEHOLDER)
         if found != image_token_index:
@@ -111,8 +119,11 @@ class Processor:
                 raise ValueError(f"{pre_file}: not valid JSON ({e})") from None
             mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
         vc = config.vision_config
-        return cls(tokenizer, vc.image_size, vc.patch_size, config.image_token_index,
-                   config.num_visual_tokens, mean, std)
+        try:
+            return cls(tokenizer, vc.image_size, vc.patch_size, config.image_token_index,
+                       config.num_visual_tokens, mean, std)
+        except ValueError as e:
+            raise ValueError(f"{folder}: {e}") from None
 
     def pixel_values(self, image: str | Path | Image.Image) -> torch.Tensor:
         """(3, S, S) float32: padded to square with the mean colour, resized, normalized."""
@@ -128,6 +139,8 @@ class Processor:
 
     def input_ids(self, question: str) -> tuple[torch.Tensor, int]:
         """The LLaVA-1.5 prompt's ids with the visual span expanded, and where that span starts."""
+        if not isinstance(question, str):
+            raise TypeError(f"the question must be a string, not {type(question).__name__}")
         if IMAGE_PLACEHOLDER in question:
             raise ValueError(f"the question contains the image placeholder {IMAGE_PLACEHOLDER!r}; "
                              "the processor places the image itself, once, before the question")

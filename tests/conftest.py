@@ -26,9 +26,9 @@ def make_tokenizer() -> Tokenizer:
     return tok
 
 
-def tiny_hf_llava(kv_heads: int, tied: bool, seed: int = 0):
+def tiny_hf_llava(kv_heads: int, tied: bool, seed: int = 0, **llava_options):
     """A random transformers LlavaForConditionalGeneration: 2-layer CLIP at 32 px with 8 px
-    patches (4x4 = 16 visual tokens), 4-layer Llama of width 64."""
+    patches (4x4 = 16 visual tokens), 4-layer Llama of width 64. `llava_options` go to LlavaConfig."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -37,7 +37,7 @@ def tiny_hf_llava(kv_heads: int, tied: bool, seed: int = 0):
                        num_key_value_heads=kv_heads, vocab_size=VOCAB, max_position_embeddings=128,
                        tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_ID,
-                         tie_word_embeddings=tied, image_seq_length=16)
+                         tie_word_embeddings=tied, **llava_options)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     # transformers initializes with std 0.02, which leaves logits so flat that greedy

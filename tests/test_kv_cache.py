@@ -1,5 +1,6 @@
 # python -m pytest tests/test_kv_cache.py -q
 """The KV cache: decoding with it gives the logits of recomputing the whole sequence."""
+import re
 from dataclasses import replace
 
 import pytest
@@ -48,6 +49,7 @@ def test_cache_holds_what_each_layer_saw(loaded):
 
 
 def test_prefill_into_a_used_cache_is_refused(loaded):
+    """A second prefill into a filled cache would mix two sequences: it is an error."""
     model, inputs = loaded
     cache = fm.KVCache(4)
     with torch.no_grad():
@@ -57,6 +59,7 @@ def test_prefill_into_a_used_cache_is_refused(loaded):
 
 
 def test_generate_stops_at_max_new_tokens_and_context(loaded):
+    """max_new_tokens bounds the output; a request past the context is refused up front."""
     model, inputs = loaded
     assert len(model.generate(inputs, max_new_tokens=3).token_ids) == 3
     model.generate(inputs, max_new_tokens=105)  # feeds positions 0..127: exactly the context of 128
@@ -69,7 +72,33 @@ def test_generate_stops_at_eos(gqa_dir):
     model, processor = fm.load_pretrained(gqa_dir)
     inputs = processor(Image.new("RGB", (40, 24), (200, 30, 90)), "What is in the picture?")
     first = model.generate(inputs, max_new_tokens=1).token_ids[0]
-    model.config = replace(model.config, text_config=replace(model.config.text_config, eos_token_id=first))
+    eos = [60, first]  # a list, as some configs give it; any member stops generation
+    model.config = replace(model.config, text_config=replace(model.config.text_config, eos_token_id=eos))
     out = model.generate(inputs, max_new_tokens=10)
     assert out.token_ids == [first]
     assert out.text == processor.tokenizer.decode([first], skip_special_tokens=True)
+
+
+def test_decode_step_misuse_is_a_clear_error(loaded):
+    """Wrong token shape, no prefill, or a cache for another depth: each named, never a torch traceback."""
+    model, inputs = loaded
+    with pytest.raises(ValueError, match=re.escape("decode_step needs a KVCache filled by a prefill")):
+        model.decode_step(torch.tensor([[5]]), fm.KVCache(4))
+    cache = fm.KVCache(4)
+    with torch.no_grad():
+        model(inputs, cache)
+    with pytest.raises(ValueError, match=re.escape("decode_step takes token ids of shape (B, 1), got (1, 2)")):
+        model.decode_step(torch.tensor([[5, 6]]), cache)
+    with pytest.raises(ValueError, match=re.escape("decode_step takes token ids of shape (B, 1), got (1,)")):
+        model.decode_step(torch.tensor([5]), cache)
+    with pytest.raises(ValueError, match=re.escape("token id 64 is outside the vocabulary of 64 (text_config.vocab_size)")):
+        model.decode_step(torch.tensor([[64]]), cache)
+    with pytest.raises(ValueError, match=re.escape("KVCache has 3 layers; the model has 4")):
+        model(inputs, fm.KVCache(3))
+
+
+def test_generate_needs_at_least_one_new_token(loaded):
+    """max_new_tokens=0 would pay for a prefill and return nothing: refused."""
+    model, inputs = loaded
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1, got 0"):
+        model.generate(inputs, max_new_tokens=0)

@@ -19,6 +19,7 @@ def raises(exc, message):
 
 
 def test_missing_tensor(ckpt_copy):
+    """A tensor the config implies but no file holds: named with its expected shape."""
     file = ckpt_copy / "model.safetensors"
     tensors = read_tensors(file)
     del tensors[Q_PROJ]
@@ -28,6 +29,7 @@ def test_missing_tensor(ckpt_copy):
 
 
 def test_unexpected_tensor(ckpt_copy):
+    """A tensor the model has no parameter for: named with its shape and file."""
     file = ckpt_copy / "model.safetensors"
     tensors = read_tensors(file)
     tensors["language_model.model.layers.1.self_attn.extra_proj.weight"] = torch.zeros(3, 5)
@@ -38,6 +40,7 @@ def test_unexpected_tensor(ckpt_copy):
 
 
 def test_wrong_shape(ckpt_copy):
+    """A tensor whose shape disagrees with config.json: both shapes and the file."""
     file = ckpt_copy / "model.safetensors"
     tensors = read_tensors(file)
     tensors[Q_PROJ] = torch.zeros(64, 32)
@@ -47,6 +50,7 @@ def test_wrong_shape(ckpt_copy):
 
 
 def test_truncated_safetensors(ckpt_copy):
+    """A safetensors file cut in half: the file is named, safetensors' reason kept."""
     file = ckpt_copy / "model.safetensors"
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2])
@@ -55,12 +59,14 @@ def test_truncated_safetensors(ckpt_copy):
 
 
 def test_missing_config(ckpt_copy):
+    """A folder without config.json."""
     (ckpt_copy / "config.json").unlink()
     with raises(FileNotFoundError, f"{ckpt_copy}: no config.json (a llava-hf style checkpoint folder needs one)"):
         fm.load_pretrained(ckpt_copy)
 
 
 def test_folder_without_weights(ckpt_copy):
+    """A folder with config.json but no safetensors."""
     (ckpt_copy / "model.safetensors").unlink()
     with raises(fm.CheckpointError, f"{ckpt_copy}: no weights: expected model.safetensors or "
                                     "model.safetensors.index.json"):
@@ -68,6 +74,7 @@ def test_folder_without_weights(ckpt_copy):
 
 
 def test_pickled_weights_are_named_not_loaded(ckpt_copy):
+    """pytorch_model.bin is a pickle: it is pointed out, never opened."""
     (ckpt_copy / "model.safetensors").rename(ckpt_copy / "pytorch_model.bin")
     with raises(fm.CheckpointError, f"{ckpt_copy}: no weights: expected model.safetensors or model.safetensors."
                                     "index.json (found pytorch_model.bin: pickled weights are never loaded; "
@@ -76,11 +83,13 @@ def test_pickled_weights_are_named_not_loaded(ckpt_copy):
 
 
 def test_path_that_does_not_exist(tmp_path):
+    """A checkpoint path that does not exist."""
     with raises(FileNotFoundError, f"checkpoint folder not found: {tmp_path / 'nope'}"):
         fm.load_pretrained(tmp_path / "nope")
 
 
 def test_index_naming_a_missing_shard(ckpt_copy):
+    """An index whose shard file is absent."""
     index = {"weight_map": {Q_PROJ: "model-00002-of-00002.safetensors"}}
     (ckpt_copy / "model.safetensors.index.json").write_text(json.dumps(index))
     with raises(fm.CheckpointError, f"{ckpt_copy / 'model.safetensors.index.json'} lists shard "
@@ -89,6 +98,7 @@ def test_index_naming_a_missing_shard(ckpt_copy):
 
 
 def test_missing_tokenizer(ckpt_copy):
+    """load_pretrained needs tokenizer.json for the processor."""
     (ckpt_copy / "tokenizer.json").unlink()
     with raises(FileNotFoundError, f"{ckpt_copy}: no tokenizer.json"):
         fm.load_pretrained(ckpt_copy)
@@ -124,15 +134,21 @@ LLAVA_15_7B_HF_CONFIG = {  # config.json of llava-hf/llava-1.5-7b-hf: sizes left
 
 
 def test_llava_15_config_resolves_to_the_7b_sizes():
+    """llava-1.5-7b-hf's sparse config.json gets LLaVA-1.5-7B's sizes from the defaults."""
     config = LlavaConfig.from_dict(LLAVA_15_7B_HF_CONFIG)
     t = config.text_config
     assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads) == (4096, 11008, 32, 32)
     assert (t.num_key_value_heads, t.head_dim, t.rope_theta, t.vocab_size) == (32, 128, 10000.0, 32064)
-    assert (config.vision_config.grid, config.num_visual_tokens, config.image_token_index) == (24, 576, 32000)
-    assert config.vision_feature_layer == -2 and not config.tie_word_embeddings
+    assert (t.bos_token_id, t.eos_token_id, t.rms_norm_eps, t.hidden_act) == (1, 2, 1e-5, "silu")
+    v = config.vision_config
+    assert (v.hidden_size, v.num_hidden_layers, v.layer_norm_eps, v.hidden_act) == (1024, 24, 1e-5, "quick_gelu")
+    assert (v.grid, config.num_visual_tokens, config.image_token_index) == (24, 576, 32000)
+    assert (config.vision_feature_layer, config.projector_hidden_act) == (-2, "gelu")
+    assert not config.tie_word_embeddings
 
 
 def test_config_rope_parameters_and_unsupported_settings():
+    """transformers 5's rope_parameters is read; settings this file does not implement are refused."""
     text = {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
     assert LlavaConfig.from_dict({"text_config": text}).text_config.rope_theta == 500000.0
     with raises(ValueError, "config: text_config RoPE type 'linear' is not supported (only the default, "
@@ -146,7 +162,32 @@ def test_config_rope_parameters_and_unsupported_settings():
         LlavaConfig.from_dict({"projector_hidden_act": "relu6"})
 
 
+def test_config_image_token_id_and_model_type():
+    """transformers 5 may write image_token_id; a config for another architecture is refused by name."""
+    assert LlavaConfig.from_dict({"image_token_id": 7}).image_token_index == 7
+    with raises(ValueError, "config: model_type is 'qwen2_vl'; this file implements 'llava'"):
+        LlavaConfig.from_dict({"model_type": "qwen2_vl"})
+    with raises(ValueError, "config: text_config.model_type is 'mistral'; this file implements 'llama'"):
+        LlavaConfig.from_dict({"text_config": {"model_type": "mistral"}})
+
+
+def test_device_and_dtype_choices():
+    """'auto' falls back to the CPU here; a dtype that is not one of the three is named."""
+    from feather_mini.model import resolve_device, resolve_dtype
+
+    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with raises(ValueError, "dtype 'float64' is not one of ['bf16', 'bfloat16', 'float16', 'float32', 'fp16', 'fp32']"):
+        resolve_dtype("float64", torch.device("cpu"))
+    with raises(ValueError, "dtype torch.int8 is not one of ['bf16', 'bfloat16', 'float16', 'float32', 'fp16', 'fp32']"):
+        resolve_dtype(torch.int8, torch.device("cpu"))
+
+
 def test_config_json_that_is_not_json(ckpt_copy):
+    """A malformed config.json names the file."""
     (ckpt_copy / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match=re.escape(f"{ckpt_copy / 'config.json'}: not valid JSON (")):
         fm.load_pretrained(ckpt_copy)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import feather_mini as fm
-from conftest import make_tokenizer, save_checkpoint, write_tensors
+from conftest import make_tokenizer, save_checkpoint, tiny_hf_llava, write_tensors
 
 
 def llava_hf_key(key: str) -> str:
@@ -55,17 +55,18 @@ def example_image() -> Image.Image:
 def assert_matches_transformers(hf, folder):
     model, processor = fm.load_pretrained(folder)
     inputs = processor(example_image(), "What is in the picture?")
+    n = model.config.num_visual_tokens
     with torch.no_grad():
         hf_feats = torch.stack(hf.model.get_image_features(pixel_values=inputs.pixel_values).pooler_output)
         feats = model.image_features(inputs.pixel_values)
         diff = (feats - hf_feats).abs().max().item()
-        assert feats.shape == hf_feats.shape == (1, 16, 64)
+        assert feats.shape == hf_feats.shape == (1, n, 64)
         assert diff <= 1e-5, f"image features differ by {diff:.2e}"
 
         hf_logits = hf(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values).logits
         logits = model(inputs)
         diff = (logits - hf_logits).abs().max().item()
-        assert logits.shape == hf_logits.shape == (1, 24, 64)
+        assert logits.shape == hf_logits.shape == (1, n + 8, 64)  # <s> USER: ... 6 words
         assert diff <= 1e-4, f"logits differ by {diff:.2e}"
 
         hf_ids = hf.generate(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values,
@@ -102,19 +103,38 @@ def test_tied_lm_head(hf_tied, tmp_path):
     assert model.language_model.lm_head.weight is model.language_model.model.embed_tokens.weight
 
 
-def test_float16_load_keeps_rope_in_float32(gqa_dir):
-    """dtype=float16 loads every weight in float16 and stays close to the float32 logits."""
-    model32, processor = fm.load_pretrained(gqa_dir)
-    model16, _ = fm.load_pretrained(gqa_dir, dtype="float16")
-    assert {p.dtype for p in model16.parameters()} == {torch.float16}
+def test_full_strategy_and_last_layer_features(tmp_path):
+    """vision_feature_select_strategy 'full' keeps CLS (17 visual tokens); features from CLIP's last layer."""
+    hf = tiny_hf_llava(kv_heads=2, tied=False, seed=2, vision_feature_select_strategy="full", vision_feature_layer=-1)
+    assert_matches_transformers(hf, save_checkpoint(hf, tmp_path))
+    model, processor = fm.load_pretrained(tmp_path)
+    inputs = processor(example_image(), "")
+    assert (inputs.visual_start, inputs.visual_len, inputs.grid) == (2, 17, (4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_matches_transformers(gqa_dir, dtype):
+    """Loaded in float16 or bfloat16 by both, the logits agree (same ops, same order) and so do 10 greedy tokens."""
+    from transformers import LlavaForConditionalGeneration
+
+    # from_pretrained, not hf.to(dtype): .to would also cast transformers' RoPE frequencies.
+    hf = LlavaForConditionalGeneration.from_pretrained(gqa_dir, dtype=dtype).eval()
+    model, processor = fm.load_pretrained(gqa_dir, dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {dtype}
     inputs = processor(example_image(), "What is in the picture?")
     with torch.no_grad():
-        diff = (model16(inputs) - model32(inputs)).abs().max().item()
-    assert diff < 0.1, f"float16 logits differ from float32 by {diff:.3f}"
+        hf_logits = hf(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values.to(dtype)).logits.float()
+        diff = (model(inputs) - hf_logits).abs().max().item()
+        hf_ids = hf.generate(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values.to(dtype),
+                             attention_mask=torch.ones_like(inputs.input_ids), max_new_tokens=10,
+                             do_sample=False)[0, inputs.input_ids.shape[1]:].tolist()
+    assert diff <= 1e-3, f"{dtype} logits differ by {diff:.2e}"
+    assert model.generate(inputs, max_new_tokens=10).token_ids == hf_ids
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 def test_unavailable_device_is_a_clear_error(gqa_dir, device):
+    """Asking for a GPU this machine lacks is a ValueError, not a torch traceback."""
     available = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
     if available:
         pytest.skip(f"{device} is available here")
