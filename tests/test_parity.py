@@ -52,6 +52,13 @@ def example_image() -> Image.Image:
     return Image.frombytes("RGB", (30, 20), bytes(pixels.flatten().tolist()))
 
 
+def hf_greedy(hf, inputs, dtype) -> list[int]:
+    """transformers' 10 greedy tokens after the prompt."""
+    ids = hf.generate(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values.to(dtype),
+                      attention_mask=torch.ones_like(inputs.input_ids), max_new_tokens=10, do_sample=False)
+    return ids[0, inputs.input_ids.shape[1]:].tolist()
+
+
 def assert_matches_transformers(hf, folder):
     model, processor = fm.load_pretrained(folder)
     inputs = processor(example_image(), "What is in the picture?")
@@ -69,9 +76,7 @@ def assert_matches_transformers(hf, folder):
         assert logits.shape == hf_logits.shape == (1, n + 8, 64)  # <s> USER: ... 6 words
         assert diff <= 1e-4, f"logits differ by {diff:.2e}"
 
-        hf_ids = hf.generate(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values,
-                             attention_mask=torch.ones_like(inputs.input_ids), max_new_tokens=10,
-                             do_sample=False)[0, inputs.input_ids.shape[1]:].tolist()
+        hf_ids = hf_greedy(hf, inputs, torch.float32)
     out = model.generate(inputs, max_new_tokens=10)
     assert out.token_ids == hf_ids
     assert out.text == make_tokenizer().decode(hf_ids, skip_special_tokens=True)
@@ -125,9 +130,7 @@ def test_half_precision_matches_transformers(gqa_dir, dtype):
     with torch.no_grad():
         hf_logits = hf(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values.to(dtype)).logits.float()
         diff = (model(inputs) - hf_logits).abs().max().item()
-        hf_ids = hf.generate(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values.to(dtype),
-                             attention_mask=torch.ones_like(inputs.input_ids), max_new_tokens=10,
-                             do_sample=False)[0, inputs.input_ids.shape[1]:].tolist()
+        hf_ids = hf_greedy(hf, inputs, dtype)
     assert diff <= 1e-3, f"{dtype} logits differ by {diff:.2e}"
     assert model.generate(inputs, max_new_tokens=10).token_ids == hf_ids
 
