@@ -480,8 +480,9 @@ class LlavaForConditionalGeneration(nn.Module):
         """Token embeddings (B, T, d) with each image's N features written over its N placeholders."""
         is_visual = input_ids == self.config.image_token_index
         B, N = pixel_values.shape[0], self.config.num_visual_tokens
-        if is_visual.sum().item() != B * N:
-            raise ValueError(f"input_ids hold {is_visual.sum().item()} image tokens (id "
+        n_placeholders = is_visual.sum().item()
+        if n_placeholders != B * N:
+            raise ValueError(f"input_ids hold {n_placeholders} image tokens (id "
                              f"{self.config.image_token_index}) for {B} image(s) of {N} visual tokens each; "
                              f"expected {B * N}")
         # The placeholder id may lie outside the vocabulary; its embedding is overwritten anyway.
