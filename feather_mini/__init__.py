@@ -1,7 +1,8 @@
 """feather_mini: visual-token pruning for LLaVA-style models, small enough to read."""
-from .model import (CheckpointError, Generation, KVCache, LlavaConfig, LlavaForConditionalGeneration,
+from .model import (CheckpointError, Generation, KVCache, LlavaConfig, LlavaForConditionalGeneration, Prefill,
                     TextConfig, VisionConfig, load_model, load_pretrained)
 from .processing import Inputs, Processor
+from .pruning import Schedule, Stage
 
 __all__ = ["CheckpointError", "Generation", "Inputs", "KVCache", "LlavaConfig", "LlavaForConditionalGeneration",
-           "Processor", "TextConfig", "VisionConfig", "load_model", "load_pretrained"]
+           "Prefill", "Processor", "Schedule", "Stage", "TextConfig", "VisionConfig", "load_model", "load_pretrained"]

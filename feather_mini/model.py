@@ -401,11 +401,20 @@ class LlamaForCausalLM(nn.Module):
         if tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                pruner=None) -> torch.Tensor:
+        """pruner (prefill only; see pruning.Pruner): `layers`, the set of layers before which
+        visual tokens are dropped, and `select(K, layer K-1, its input, positions)` -> the
+        rows that layers K.. will see."""
         # cos/sin depend only on the positions: computed once, shared by every layer.
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
+            # Pruning at layer K is decided from layer K-1's input, before that layer runs.
+            keep = pruner.select(i + 1, layer, x, positions) if pruner and i + 1 in pruner.layers else None
             x = layer(x, cos, sin, positions, cache, i)
+            if keep is not None:
+                # Later layers see only the kept rows, each at its ORIGINAL position.
+                x, positions, cos, sin = x[:, keep], positions[:, keep], cos[:, keep], sin[:, keep]
         return self.lm_head(self.model.norm(x))
 
 # -----------------------------------------------------------------------------
@@ -448,9 +457,18 @@ class KVCache:
 
 
 @dataclass
+class Prefill:
+    logits: torch.Tensor  # (B, T', vocab), float32: the last layer's rows (T' = T - visual tokens dropped)
+    # For each pruning stage's layer, the ORIGINAL indices (0..N-1, raster order) of the
+    # visual tokens that survive it, as CPU int64 tensors; empty without a schedule.
+    kept: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
 class Generation:
     token_ids: list[int]  # the new tokens, the stopping eos included
     text: str | None  # decoded without special tokens; None when the inputs carry no tokenizer
+    kept: dict[int, torch.Tensor] = field(default_factory=dict)  # as in Prefill
 
 
 class LlavaForConditionalGeneration(nn.Module):
@@ -469,26 +487,41 @@ class LlavaForConditionalGeneration(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.multi_modal_projector.linear_1.weight.dtype
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 3, S, S) -> visual tokens in the decoder's space (B, N, d_text)."""
+    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, S, S) -> the vision tower's features (B, N, d_vision): the projector's
+        input, and phi_KNN's."""
         feats = self.vision_tower(pixel_values, self.config.vision_feature_layer)
         if self.config.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]  # drop CLS: N = grid * grid patches, raster order
-        return self.multi_modal_projector(feats)
+        return feats
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Token embeddings (B, T, d) with each image's N features written over its N placeholders."""
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, S, S) -> visual tokens in the decoder's space (B, N, d_text)."""
+        return self.multi_modal_projector(self.patch_features(pixel_values))
+
+    def embed(self, input_ids: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, d) with each image's N visual tokens (B, N, d) written over its
+        N placeholders."""
         is_visual = input_ids == self.config.image_token_index
-        B, N = pixel_values.shape[0], self.config.num_visual_tokens
-        n_placeholders = is_visual.sum().item()
-        if n_placeholders != B * N:
-            raise ValueError(f"input_ids hold {n_placeholders} image tokens (id "
-                             f"{self.config.image_token_index}) for {B} image(s) of {N} visual tokens each; "
-                             f"expected {B * N}")
         # The placeholder id may lie outside the vocabulary; its embedding is overwritten anyway.
         h = self._embed_text(input_ids.masked_fill(is_visual, 0))
-        feats = self.image_features(pixel_values).to(h.dtype)
-        return h.masked_scatter(is_visual[..., None], feats)
+        return h.masked_scatter(is_visual[..., None], visual_tokens.to(h.dtype))
+
+    def _check_placeholders(self, input_ids: torch.Tensor, num_images: int) -> None:
+        N, n_placeholders = self.config.num_visual_tokens, (input_ids == self.config.image_token_index).sum().item()
+        if n_placeholders != num_images * N:
+            raise ValueError(f"input_ids hold {n_placeholders} image tokens (id "
+                             f"{self.config.image_token_index}) for {num_images} image(s) of {N} visual tokens "
+                             f"each; expected {num_images * N}")
+
+    def _visual_start(self, input_ids: torch.Tensor) -> int:
+        """Where the one sequence's visual span begins; pruning needs it contiguous."""
+        N, is_visual = self.config.num_visual_tokens, input_ids[0] == self.config.image_token_index
+        start = is_visual.int().argmax().item()
+        if not is_visual[start:start + N].all():
+            raise ValueError(f"pruning needs the {N} image tokens (id {self.config.image_token_index}) as one "
+                             "contiguous span, as the processor writes them")
+        return start
 
     def _embed_text(self, token_ids: torch.Tensor) -> torch.Tensor:
         vocab = self.config.text_config.vocab_size
@@ -502,11 +535,13 @@ class LlavaForConditionalGeneration(nn.Module):
         if len(cache.keys) != layers:
             raise ValueError(f"KVCache has {len(cache.keys)} layers; the model has {layers}")
 
-    def forward(self, inputs, cache: KVCache | None = None) -> torch.Tensor:
-        """Prefill: full-sequence logits (B, T, vocab), float32.
+    def forward(self, inputs, cache: KVCache | None = None, schedule=None) -> Prefill:
+        """Prefill: full-sequence logits (B, T', vocab), float32, and the visual tokens kept.
 
         `inputs` is what the processor returns (anything with input_ids (B, T) and
         pixel_values (B, 3, S, S)). With a cache, it must be empty; it is filled.
+        schedule (a pruning.Schedule, one sequence only): drops visual tokens before its stage
+        layers; T' = T - dropped tokens, since the logits come from the last layer's rows.
         """
         input_ids = inputs.input_ids.to(self.device)
         pixel_values = inputs.pixel_values.to(self.device, self.dtype)
@@ -516,11 +551,24 @@ class LlavaForConditionalGeneration(nn.Module):
                 raise ValueError(f"the prefill needs an empty KVCache; this one already holds {cache.length} positions")
         B, T = input_ids.shape
         self._check_context(T)
+        self._check_placeholders(input_ids, pixel_values.shape[0])
+        pruner = None
+        if schedule is not None:
+            if B != 1:
+                raise ValueError(f"pruning takes one sequence (kept tokens differ per image); got a batch of {B}")
+            text, grid = self.config.text_config, self.config.vision_config.grid
+            # Checks the schedule against this model before any compute.
+            pruner = schedule.pruner(text.num_hidden_layers, self.config.num_visual_tokens, (grid, grid),
+                                     self._visual_start(input_ids), text.rope_theta)
+        patches = self.patch_features(pixel_values)
+        if pruner is not None:
+            pruner.patch_features = patches[0]
         positions = torch.arange(T, device=self.device).expand(B, T)
-        logits = self.language_model(self.embed(input_ids, pixel_values), positions, cache)
+        h = self.embed(input_ids, self.multi_modal_projector(patches))
+        logits = self.language_model(h, positions, cache, pruner)
         if cache is not None:
             cache.length = T
-        return logits.float()
+        return Prefill(logits.float(), pruner.kept if pruner is not None else {})
 
     def decode_step(self, token_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new token per sequence (B, 1) after a prefill -> its logits (B, 1, vocab), float32."""
@@ -537,8 +585,9 @@ class LlavaForConditionalGeneration(nn.Module):
         return logits.float()
 
     @torch.inference_mode()
-    def generate(self, inputs, max_new_tokens: int = 32) -> Generation:
-        """Greedy decoding with the KV cache; stops at eos or after max_new_tokens."""
+    def generate(self, inputs, max_new_tokens: int = 32, schedule=None) -> Generation:
+        """Greedy decoding with the KV cache; stops at eos or after max_new_tokens.
+        With a schedule, the prefill prunes; decoding then reads the pruned caches and drops nothing."""
         if inputs.input_ids.shape[0] != 1:
             raise ValueError(f"generate takes one sequence; got a batch of {inputs.input_ids.shape[0]}")
         if max_new_tokens < 1:
@@ -547,7 +596,8 @@ class LlavaForConditionalGeneration(nn.Module):
         eos = self.config.text_config.eos_token_id
         eos = set(eos) if isinstance(eos, list) else {eos}
         cache = KVCache(self.config.text_config.num_hidden_layers)
-        logits = self(inputs, cache)[:, -1]
+        prefill = self(inputs, cache, schedule)
+        logits = prefill.logits[:, -1]
         new = []
         while True:
             next_id = logits.argmax(-1)  # (1,); ties go to the lowest id
@@ -557,7 +607,7 @@ class LlavaForConditionalGeneration(nn.Module):
             logits = self.decode_step(next_id[:, None], cache)[:, -1]
         tokenizer = getattr(inputs, "tokenizer", None)
         text = tokenizer.decode(new, skip_special_tokens=True) if tokenizer is not None else None
-        return Generation(token_ids=new, text=text)
+        return Generation(token_ids=new, text=text, kept=prefill.kept)
 
     def _check_context(self, length: int) -> None:
         limit = self.config.text_config.max_position_embeddings

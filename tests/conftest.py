@@ -26,15 +26,16 @@ def make_tokenizer() -> Tokenizer:
     return tok
 
 
-def tiny_hf_llava(kv_heads: int, tied: bool, seed: int = 0, **llava_options):
-    """A random transformers LlavaForConditionalGeneration: 2-layer CLIP at 32 px with 8 px
-    patches (4x4 = 16 visual tokens), 4-layer Llama of width 64. `llava_options` go to LlavaConfig."""
+def tiny_hf_llava(kv_heads: int, tied: bool, seed: int = 0, image_size: int = 32, layers: int = 4,
+                  max_positions: int = 128, **llava_options):
+    """A random transformers LlavaForConditionalGeneration: 2-layer CLIP with 8 px patches (at
+    32 px: 4x4 = 16 visual tokens), Llama of width 64 (4 layers). `llava_options` go to LlavaConfig."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=32, patch_size=8, projection_dim=16)
-    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=kv_heads, vocab_size=VOCAB, max_position_embeddings=128,
+                              image_size=image_size, patch_size=8, projection_dim=16)
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                       num_key_value_heads=kv_heads, vocab_size=VOCAB, max_position_embeddings=max_positions,
                        tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_ID,
                          tie_word_embeddings=tied, **llava_options)
@@ -79,6 +80,17 @@ def hf_gqa():
 def hf_tied():
     """Plain multi-head attention, lm_head tied to the token embeddings."""
     return tiny_hf_llava(kv_heads=4, tied=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def hf_grid24():
+    """LLaVA-1.5's 24x24 grid (192 px, 8 px patches: 576 visual tokens), 8 decoder layers, GQA."""
+    return tiny_hf_llava(kv_heads=2, tied=False, seed=2, image_size=192, layers=8, max_positions=1024)
+
+
+@pytest.fixture(scope="session")
+def grid24_dir(hf_grid24, tmp_path_factory) -> Path:
+    return save_checkpoint(hf_grid24, tmp_path_factory.mktemp("grid24"))
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,13 @@ def test_cached_decoding_equals_recomputation(loaded):
     model, inputs = loaded
     cache = fm.KVCache(model.config.text_config.num_hidden_layers)
     with torch.no_grad():
-        logits = model(inputs, cache)[:, -1]
+        logits = model(inputs, cache).logits[:, -1]
         ids = inputs.input_ids
         for step in range(8):
             next_id = logits.argmax(-1, keepdim=True)
             ids = torch.cat([ids, next_id], dim=1)
             logits = model.decode_step(next_id, cache)[:, -1]
-            full = model(Inputs(ids, inputs.pixel_values, inputs.visual_start, inputs.visual_len, inputs.grid))
+            full = model(Inputs(ids, inputs.pixel_values, inputs.visual_start, inputs.visual_len, inputs.grid)).logits
             diff = (logits - full[:, -1]).abs().max().item()
             assert diff <= 1e-5, f"step {step}: cached and recomputed logits differ by {diff:.2e}"
 

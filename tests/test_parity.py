@@ -71,7 +71,7 @@ def assert_matches_transformers(hf, folder):
         assert diff <= 1e-5, f"image features differ by {diff:.2e}"
 
         hf_logits = hf(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values).logits
-        logits = model(inputs)
+        logits = model(inputs).logits
         diff = (logits - hf_logits).abs().max().item()
         assert logits.shape == hf_logits.shape == (1, n + 8, 64)  # <s> USER: ... 6 words
         assert diff <= 1e-4, f"logits differ by {diff:.2e}"
@@ -129,7 +129,7 @@ def test_half_precision_matches_transformers(gqa_dir, dtype):
     inputs = processor(example_image(), "What is in the picture?")
     with torch.no_grad():
         hf_logits = hf(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values.to(dtype)).logits.float()
-        diff = (model(inputs) - hf_logits).abs().max().item()
+        diff = (model(inputs).logits - hf_logits).abs().max().item()
         hf_ids = hf_greedy(hf, inputs, dtype)
     assert diff <= 1e-3, f"{dtype} logits differ by {diff:.2e}"
     assert model.generate(inputs, max_new_tokens=10).token_ids == hf_ids

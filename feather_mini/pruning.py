@@ -1,0 +1,433 @@
+"""Visual-token pruning: the criteria of "Feather the Throttle" (Endo et al., ICCV 2025),
+the schedules that apply them during the prefill, and FastV's FLOPs accounting.
+
+Read in this order:
+1. Criteria: pure functions, tensors in, kept indices out (sorted, unique, int64, among the
+   visual tokens still present). Ties go to the lower index; nothing is random.
+   phi_original (FastV), phi_no_rope (the paper's phi_-R), phi_knn, phi_uniform and
+   phi_ensemble (phi_-R + phi_uniform), as in the paper's Table 1.
+2. Schedules: a Schedule is a tuple of Stages (layer, criterion, budget), checked when
+   built. Presets (fastv, fastv_norope, knn, uniform, ensemble, pyramid_drop, feather) are
+   written for 32 decoder layers and scale to a model's depth.
+3. Pruner: what the model asks, once per prefill, which tokens survive each stage.
+4. FLOPs: FastV's per-layer count 4nd^2 + 2n^2d + 2ndm and the reduction it implies.
+
+"Pruning at layer K" (layers numbered from 0): layers 0..K-1 see every token, layers K..
+see the text tokens and the kept visual tokens. The decision is made from layer K-1's
+RMS-normed INPUT through its q and k projections, with the LAST prompt token as the query
+(FastV's code, not the "average over all queries" its paper's text suggests). Kept tokens
+keep their original position ids. The exact definitions, and where they come from:
+REFERENCE.md, read from the authors' code (markendo/FEATHER, pkunlp-icler/FastV,
+Cooperx521/PyramidDrop).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from .model import apply_rope, repeat_kv, rope_cos_sin
+
+# -----------------------------------------------------------------------------
+# Scores and criteria
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores, returned sorted ascending; ties go to the lower index
+    (a stable sort, where torch.topk leaves tie order unspecified)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:k].sort().values
+
+
+def attention_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """How much one query attends to each visual token: (N,) float32, summing to 1.
+
+    query (nh, hs): the last prompt token's q. keys (n_kv, N, hs): the visual tokens' k.
+    Per head, softmax over the N visual keys only of q.k / sqrt(hs); then the mean over
+    heads. (FastV's own code softmaxes the whole causal row and slices the visual part
+    afterwards; the FEATHER authors' code, which produced the paper's numbers, does this.
+    It also casts the softmax back to the model's dtype before the head mean; here the mean
+    stays float32, which is the same thing in a float32 model and has fewer ties in half.)
+    """
+    nh, hs = query.shape
+    keys = repeat_kv(keys[None], nh // keys.shape[0])[0]  # grouped-query: each k serves nh/n_kv heads
+    logits = torch.matmul(query[:, None, :], keys.transpose(1, 2)) / math.sqrt(hs)  # (nh, 1, N)
+    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=0)[0]
+
+
+def phi_original(query: torch.Tensor, keys: torch.Tensor, query_position: int, key_positions: torch.Tensor,
+                 budget: int, rope_theta: float) -> torch.Tensor:
+    """phi_original (FastV): the top `budget` visual tokens by the last prompt token's
+    attention, with RoPE applied to q and k at their original positions.
+
+    RoPE's long-term decay lowers q.k with distance, so this favours the visual tokens
+    nearest the text that follows the image: the bottom rows.
+    """
+    hs = query.shape[-1]
+    positions = torch.cat([key_positions.new_tensor([query_position]), key_positions])[None]  # (1, 1 + N)
+    cos, sin = rope_cos_sin(positions, hs, rope_theta, query.dtype)
+    q = apply_rope(query[None, :, None, :], cos[:, :1], sin[:, :1])[0, :, 0]  # (nh, hs)
+    k = apply_rope(keys[None], cos[:, 1:], sin[:, 1:])[0]  # (n_kv, N, hs)
+    return top_k(attention_scores(q, k), budget)
+
+
+def phi_no_rope(query: torch.Tensor, keys: torch.Tensor, budget: int) -> torch.Tensor:
+    """phi_-R: the same attention score with no RoPE on q or k, so distance to the text no
+    longer matters; the top `budget` visual tokens."""
+    return top_k(attention_scores(query, keys), budget)
+
+
+def knn_density(features: torch.Tensor, neighbours: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-peak quantities of N feature vectors (N, C): (density, delta), each (N,) float32.
+
+    D = pairwise Euclidean distances / sqrt(C). density_i = exp(-mean of the squared
+    distances to its `neighbours` nearest tokens, itself (distance 0) included). delta_i =
+    the distance from i to the nearest token of higher density; for the densest token,
+    the largest entry of D. Equal densities are ordered by index (the lower index counts
+    as higher), where the authors' code adds uniform noise in [0, 1e-6) to break ties.
+    """
+    N, C = features.shape
+    D = torch.cdist(features.float(), features.float()) / C ** 0.5  # (N, N)
+    nearest = D.topk(min(neighbours, N), dim=-1, largest=False).values
+    density = (-(nearest ** 2).mean(dim=-1)).exp()
+    index = torch.arange(N, device=features.device)
+    above = (density[None, :] > density[:, None]) | (
+        (density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))  # above[i, j]: j is denser than i
+    delta = torch.where(above, D, D.max()).min(dim=-1).values
+    return density, delta
+
+
+def phi_knn(features: torch.Tensor, budget: int) -> torch.Tensor:
+    """phi_KNN: the `budget` density peaks of the vision backbone's patch features (N, C),
+    ranked by density * delta: tokens that sit in a dense region and far from any denser one,
+    i.e. one representative per cluster."""
+    density, delta = knn_density(features)
+    return top_k(density * delta, budget)
+
+
+def phi_uniform(rows: int, cols: int, stride: int) -> torch.Tensor:
+    """phi_uniform: every stride-th row and column of the rows x cols grid (raster order),
+    starting at row 0 and column 0. 24x24, stride 3: rows 0, 3, ..., 21 and the same columns."""
+    r = torch.arange(0, rows, stride)
+    c = torch.arange(0, cols, stride)
+    return (r[:, None] * cols + c[None, :]).flatten()
+
+
+def grid_size(rows: int, cols: int, stride: int) -> int:
+    """How many tokens phi_uniform keeps: ceil(rows / stride) * ceil(cols / stride)."""
+    return -(-rows // stride) * -(-cols // stride)
+
+
+def stride_for_budget(rows: int, cols: int, budget: int) -> int:
+    """The stride whose grid size is nearest `budget` (on a tie, the smaller stride: more tokens).
+    27x27 with a budget of 182 gives stride 2 (196 tokens), as in the paper's Table 1."""
+    return min(range(1, max(rows, cols) + 1), key=lambda s: (abs(grid_size(rows, cols, s) - budget), s))
+
+
+def phi_ensemble(query: torch.Tensor, keys: torch.Tensor, budget: int, rows: int, cols: int,
+                 stride: int) -> torch.Tensor:
+    """phi_-R + phi_uniform: the top `budget` by phi_-R over ALL visual tokens, united with the
+    stride grid. The union's size depends on the image: between max(budget, grid) and
+    budget + grid. FEATHER's first stage."""
+    return torch.unique(torch.cat([phi_no_rope(query, keys, budget), phi_uniform(rows, cols, stride)]))
+
+
+# -----------------------------------------------------------------------------
+# Schedules: plain data, checked when built
+
+CRITERIA = {  # name in code -> the paper's symbol
+    "phi_original": "phi_original",
+    "phi_no_rope": "phi_-R",
+    "phi_knn": "phi_KNN",
+    "phi_uniform": "phi_uniform",
+    "phi_ensemble": "phi_-R+uniform",
+}
+FIRST_STAGE_ONLY = ("phi_knn", "phi_uniform", "phi_ensemble")  # defined on the full grid of N tokens
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Prune before decoder layer `layer`: keep the visual tokens `criterion` ranks highest.
+
+    keep: the fraction of visual tokens kept (count = floor(fraction * base)), where base
+    is the ORIGINAL number N (of_present=False) or the number still present (True).
+    stride: the grid of phi_uniform and phi_ensemble. phi_uniform takes either a stride
+    or a keep fraction, which picks the stride whose grid is nearest that count.
+    """
+    layer: int
+    criterion: str
+    keep: float | None = None
+    of_present: bool = False
+    stride: int | None = None
+
+    def __str__(self) -> str:
+        symbol = CRITERIA.get(self.criterion, self.criterion)
+        share = f"{100 * self.keep:g}% of {'present' if self.of_present else 'original'}" if self.keep else ""
+        if self.criterion == "phi_uniform":
+            what = f"stride-{self.stride} grid" if self.stride else f"the grid nearest {share}"
+        elif self.criterion == "phi_ensemble":
+            what = f"top {share} by phi_-R + stride-{self.stride} grid"
+        else:
+            what = f"top {share} by {symbol}"
+        return f"layer {self.layer}: {what}"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Stages in increasing layer order; `name` and `note` only label it when printed."""
+    stages: tuple[Stage, ...]
+    name: str = "custom"
+    note: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not self.stages:
+            raise ValueError(f"schedule {self.name!r} has no stages (for no pruning, pass no schedule)")
+        for i, stage in enumerate(self.stages):
+            where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {stage.criterion})"
+            if stage.criterion not in CRITERIA:
+                raise ValueError(f"{where}: unknown criterion {stage.criterion!r}; expected one of {list(CRITERIA)}")
+            if not isinstance(stage.layer, int) or stage.layer < 1:
+                raise ValueError(f"{where}: layer {stage.layer!r} must be an int >= 1 (the score comes from layer - 1)")
+            if i and stage.layer <= self.stages[i - 1].layer:
+                raise ValueError(f"{where}: layer {stage.layer} must come after the previous stage's layer "
+                                 f"{self.stages[i - 1].layer} (stages in increasing layer order)")
+            if stage.stride is not None and (not isinstance(stage.stride, int) or stage.stride < 1):
+                raise ValueError(f"{where}: stride {stage.stride!r} must be an int >= 1")
+            if stage.criterion == "phi_ensemble" and stage.stride is None:
+                raise ValueError(f"{where}: phi_ensemble needs a stride for its grid")
+            if stage.criterion == "phi_uniform" and (stage.stride is None) == (stage.keep is None):
+                raise ValueError(f"{where}: phi_uniform takes a stride or a keep fraction (exactly one), "
+                                 f"got stride={stage.stride!r}, keep={stage.keep!r}")
+            if stage.keep is None and stage.criterion != "phi_uniform":
+                raise ValueError(f"{where}: keep (a fraction of visual tokens) is required")
+            if stage.keep is not None and not (isinstance(stage.keep, (int, float)) and 0 < stage.keep <= 1):
+                raise ValueError(f"{where}: keep={stage.keep!r} must be a fraction in (0, 1] of the visual "
+                                 f"tokens {'present' if stage.of_present else 'in the original grid'}")
+            if i and stage.criterion in FIRST_STAGE_ONLY:
+                needs = "the vision backbone's features" if stage.criterion == "phi_knn" else "the full grid"
+                raise ValueError(f"{where}: {stage.criterion} needs {needs}, which exist only for the "
+                                 f"original visual tokens; it can only be the first stage")
+
+    def __str__(self) -> str:
+        note = f" [{self.note}]" if self.note else ""
+        return f"{self.name}{note}: " + "; ".join(str(s) for s in self.stages)
+
+    @property
+    def layers(self) -> list[int]:
+        return [s.layer for s in self.stages]
+
+    def check(self, num_layers: int, num_visual: int, grid: tuple[int, int] | None) -> dict[int, tuple[int, int]]:
+        """Check the schedule against a model (depth, N visual tokens, grid) before any compute.
+
+        Returns, per stage layer, the (fewest, most) visual tokens that survive it: the two
+        differ only after phi_ensemble, whose union depends on the image.
+        """
+        lo = hi = num_visual  # the fewest and most visual tokens present before this stage
+        bounds = {}
+        for i, stage in enumerate(self.stages):
+            where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {stage.criterion})"
+            if stage.layer >= num_layers:
+                raise ValueError(f"{where}: layer {stage.layer} is not below the model's depth of {num_layers} layers")
+            if stage.criterion in ("phi_uniform", "phi_ensemble"):
+                if grid is None or grid[0] * grid[1] != num_visual:
+                    raise ValueError(f"{where}: the grid {grid} does not hold the model's {num_visual} visual "
+                                     "tokens, so a uniform grid cannot be laid over them")
+            count_lo, count_hi = _stage_count(stage, num_visual, lo, grid), _stage_count(stage, num_visual, hi, grid)
+            if not stage.of_present and count_lo > lo:
+                raise ValueError(f"{where}: keeps {count_lo} visual tokens but as few as {lo} are present")
+            if count_lo < 1:
+                raise ValueError(f"{where}: keeps 0 of the {lo} visual tokens present; raise keep")
+            lo, hi = count_lo, count_hi
+            if stage.criterion == "phi_ensemble":  # the grid adds between 0 and all of its tokens
+                g = grid_size(*grid, stage.stride)
+                lo, hi = max(lo, g), min(hi + g, num_visual)
+            bounds[stage.layer] = (lo, hi)
+        return bounds
+
+    def pruner(self, num_layers: int, num_visual: int, grid: tuple[int, int] | None, visual_start: int,
+               rope_theta: float) -> Pruner:
+        """A Pruner for one prefill; checks the schedule first, so a bad one fails before any compute."""
+        self.check(num_layers, num_visual, grid)
+        return Pruner(self, num_visual, grid, visual_start, rope_theta)
+
+
+def _stage_count(stage: Stage, num_visual: int, present: int, grid: tuple[int, int] | None) -> int:
+    """Visual tokens a stage keeps by its criterion (for phi_ensemble: its phi_-R part)."""
+    if stage.criterion == "phi_uniform":
+        return grid_size(*grid, _uniform_stride(stage, num_visual, grid))
+    return int((present if stage.of_present else num_visual) * stage.keep)
+
+
+def _uniform_stride(stage: Stage, num_visual: int, grid: tuple[int, int]) -> int:
+    return stage.stride if stage.stride is not None else stride_for_budget(*grid, int(num_visual * stage.keep))
+
+
+# -----------------------------------------------------------------------------
+# Presets: written for 32 layers (LLaVA-1.5-7B), scaled to a model's depth
+
+PRESET_DEPTH = 32
+
+
+def scale_layer(layer: int, num_layers: int) -> int:
+    """A 32-layer index mapped to a num_layers-deep model: layer * L / 32, rounded half up, at least 1."""
+    return max(1, math.floor(layer * num_layers / PRESET_DEPTH + 0.5))
+
+
+def _preset(name: str, stages: list[Stage], num_layers: int) -> Schedule:
+    if num_layers == PRESET_DEPTH:
+        return Schedule(tuple(stages), name)
+    written = [s.layer for s in stages]
+    scaled = [replace(s, layer=scale_layer(s.layer, num_layers)) for s in stages]
+    note = (f"layers {','.join(map(str, written))} of {PRESET_DEPTH} scaled to "
+            f"{','.join(str(s.layer) for s in scaled)} of {num_layers} (x L/32, rounded)")
+    print(f"{name}: {note}")
+    return Schedule(tuple(scaled), name, note)
+
+
+def fastv(layer: int = 3, num_layers: int = 32) -> Schedule:
+    """FastV as the paper evaluates it: at layer K = 3 keep the top 25% by phi_original (prune 75%)."""
+    return _preset("fastv", [Stage(layer, "phi_original", 0.25)], num_layers)
+
+
+def fastv_norope(layer: int = 3, num_layers: int = 32) -> Schedule:
+    """FastV without RoPE: the top 25% by phi_-R at layer K."""
+    return _preset("fastv_norope", [Stage(layer, "phi_no_rope", 0.25)], num_layers)
+
+
+def knn(layer: int = 3, num_layers: int = 32) -> Schedule:
+    """The top 25% density peaks of the vision features (phi_KNN) at layer K."""
+    return _preset("knn", [Stage(layer, "phi_knn", 0.25)], num_layers)
+
+
+def uniform(layer: int = 3, num_layers: int = 32) -> Schedule:
+    """The grid nearest 25% of the tokens at layer K (Table 1: stride 2, 196 of 729)."""
+    return _preset("uniform", [Stage(layer, "phi_uniform", keep=0.25)], num_layers)
+
+
+def ensemble(layer: int = 3, num_layers: int = 32) -> Schedule:
+    """The top 25% by phi_-R united with the stride-3 grid at layer K."""
+    return _preset("ensemble", [Stage(layer, "phi_ensemble", 0.25, stride=3)], num_layers)
+
+
+def pyramid_drop(num_layers: int = 32) -> Schedule:
+    """PyramidDrop for LLaVA-1.5: layers 8, 16, 24 keep 50%, 25%, 12.5% of the ORIGINAL tokens
+    by phi_original. Its own code differs in three details (it scores with layer K's norm and
+    q/k, softmaxes the whole causal row, and renumbers kept positions 0..n-1); this preset
+    uses the convention above so that every method is compared on one mechanism."""
+    stages = [Stage(8, "phi_original", 0.5), Stage(16, "phi_original", 0.25), Stage(24, "phi_original", 0.125)]
+    return _preset("pyramid_drop", stages, num_layers)
+
+
+def feather(num_layers: int = 32) -> Schedule:
+    """FEATHER (authors' script: fastv_k [8, 16], ratio 0.7, "no_rope_s=3"): at layer 8 the
+    top 30% by phi_-R united with the stride-3 grid; at layer 16 the top 9% of the tokens
+    still present by phi_-R (grid tokens not protected)."""
+    stages = [Stage(8, "phi_ensemble", 0.3, stride=3), Stage(16, "phi_no_rope", 0.09, of_present=True)]
+    return _preset("feather", stages, num_layers)
+
+
+PRESETS = {"fastv": fastv, "fastv_norope": fastv_norope, "knn": knn, "uniform": uniform, "ensemble": ensemble,
+           "pyramid_drop": pyramid_drop, "feather": feather}
+
+
+# -----------------------------------------------------------------------------
+# Pruner: one prefill's state
+
+
+class Pruner:
+    """Asked by the decoder loop, once per stage, which rows of the sequence survive.
+
+    Tracks `present`, the original indices (0..N-1) of the visual tokens still in the
+    sequence, and records `kept[layer]` after each stage. The visual span starts at
+    `visual_start` and stays contiguous; text tokens are never dropped.
+    """
+
+    def __init__(self, schedule: Schedule, num_visual: int, grid: tuple[int, int] | None, visual_start: int,
+                 rope_theta: float):
+        self.schedule, self.grid, self.visual_start, self.rope_theta = schedule, grid, visual_start, rope_theta
+        self.num_visual = num_visual
+        self.stages = {s.layer: s for s in schedule.stages}
+        self.present = torch.arange(num_visual)
+        self.kept: dict[int, torch.Tensor] = {}
+        self.patch_features: torch.Tensor | None = None  # (N, C), set by the model: phi_KNN's input
+
+    @property
+    def layers(self) -> set[int]:
+        return set(self.stages)
+
+    def select(self, layer: int, scoring_layer, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rows (T',) of the current sequence that layer `layer` and later ones will see.
+
+        scoring_layer: decoder layer layer-1, whose input x (1, T, d) at positions (1, T) is
+        scored before it runs; its cache is not touched.
+        """
+        stage = self.stages[layer]
+        n, start = len(self.present), self.visual_start
+        visual = slice(start, start + n)
+        count = _stage_count(stage, self.num_visual, n, self.grid)
+        if stage.criterion == "phi_knn":
+            if self.patch_features is None:
+                raise ValueError(f"layer {layer}: phi_knn needs the vision backbone's features, and none were given")
+            idx = phi_knn(self.patch_features, count)
+        elif stage.criterion == "phi_uniform":
+            idx = phi_uniform(*self.grid, _uniform_stride(stage, self.num_visual, self.grid))
+        else:
+            # The whole normed input goes through q_proj and k_proj, as in the authors' code:
+            # projecting only the rows used would take a different matmul kernel and could
+            # change the scores in their last bit, and with them near-tied rankings.
+            q, k = scoring_layer.self_attn.project_qk(scoring_layer.input_layernorm(x))
+            query, keys = q[0, :, -1], k[0, :, visual]  # the last prompt token; the visual keys
+            if stage.criterion == "phi_original":
+                idx = phi_original(query, keys, positions[0, -1].item(), positions[0, visual], count, self.rope_theta)
+            elif stage.criterion == "phi_no_rope":
+                idx = phi_no_rope(query, keys, count)
+            else:
+                idx = phi_ensemble(query, keys, count, *self.grid, stage.stride)
+        idx = idx.to(self.present.device)
+        self.present = self.present[idx]
+        self.kept[layer] = self.present
+        device = x.device
+        return torch.cat([torch.arange(start, device=device), start + idx.to(device),
+                          torch.arange(start + n, x.shape[1], device=device)])
+
+
+# -----------------------------------------------------------------------------
+# FLOPs: FastV's accounting, the paper's "FLOPs Red" column
+
+
+def layer_flops(n: int, hidden: int, mlp: int) -> int:
+    """One decoder layer over n tokens: 4nd^2 (q, k, v, o) + 2n^2d (scores, weighted sum) +
+    2ndm (MLP). FastV's formula: it counts Llama's three-matrix SwiGLU MLP as two matrices."""
+    return 4 * n * hidden ** 2 + 2 * n ** 2 * hidden + 2 * n * hidden * mlp
+
+
+def prefill_flops(kept, num_visual: int, num_text: int, num_layers: int = 32, hidden: int = 4096,
+                  mlp: int = 11008) -> int:
+    """Decoder prefill FLOPs (defaults: LLaVA-1.5-7B's decoder) when some visual tokens are dropped.
+
+    kept: what survives each stage, as a run's `kept` ({layer: indices}), {layer: count}, or a
+    Schedule (its counts for a square grid of num_visual; after phi_ensemble, whose union
+    depends on the image, the largest possible union). None or {}: no pruning. Layer l sees
+    the visual tokens of the last stage at or before l. The vision tower, projector, lm_head
+    and the scores are not counted, as in FastV.
+    """
+    if isinstance(kept, Schedule):
+        side = math.isqrt(num_visual)
+        grid = (side, side) if side * side == num_visual else None
+        kept = {layer: most for layer, (_, most) in kept.check(num_layers, num_visual, grid).items()}
+    counts = {layer: v if isinstance(v, int) else len(v) for layer, v in (kept or {}).items()}
+    total, visual = 0, num_visual
+    for layer in range(num_layers):
+        visual = counts.get(layer, visual)
+        total += layer_flops(num_text + visual, hidden, mlp)
+    return total
+
+
+def flops_reduction(kept, num_visual: int, num_text: int, num_layers: int = 32, hidden: int = 4096,
+                    mlp: int = 11008) -> float:
+    """1 - pruned / unpruned prefill FLOPs, the paper's "FLOPs Red" column; `kept` as in prefill_flops.
+    LLaVA-7B sizes, 729 visual and 10 text tokens: fastv at K=3 gives 0.677, at K=8 0.561."""
+    sizes = (num_visual, num_text, num_layers, hidden, mlp)
+    return 1 - prefill_flops(kept, *sizes) / prefill_flops(None, *sizes)
