@@ -410,11 +410,11 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
             # Pruning at layer K is decided from layer K-1's input, before that layer runs.
-            keep = pruner.select(i + 1, layer, x, positions) if pruner and i + 1 in pruner.layers else None
+            rows = pruner.select(i + 1, layer, x, positions) if pruner and i + 1 in pruner.layers else None
             x = layer(x, cos, sin, positions, cache, i)
-            if keep is not None:
-                # Later layers see only the kept rows, each at its ORIGINAL position.
-                x, positions, cos, sin = x[:, keep], positions[:, keep], cos[:, keep], sin[:, keep]
+            if rows is not None:
+                # Later layers see only these rows (text and kept visual tokens), at their ORIGINAL positions.
+                x, positions, cos, sin = x[:, rows], positions[:, rows], cos[:, rows], sin[:, rows]
         return self.lm_head(self.model.norm(x))
 
 # -----------------------------------------------------------------------------
@@ -502,6 +502,7 @@ class LlavaForConditionalGeneration(nn.Module):
     def embed(self, input_ids: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, T, d) with each image's N visual tokens (B, N, d) written over its
         N placeholders."""
+        self._check_placeholders(input_ids, visual_tokens.shape[0])
         is_visual = input_ids == self.config.image_token_index
         # The placeholder id may lie outside the vocabulary; its embedding is overwritten anyway.
         h = self._embed_text(input_ids.masked_fill(is_visual, 0))
@@ -554,17 +555,20 @@ class LlavaForConditionalGeneration(nn.Module):
         self._check_placeholders(input_ids, pixel_values.shape[0])
         pruner = None
         if schedule is not None:
+            if not hasattr(schedule, "pruner"):
+                raise TypeError(f"schedule must be a pruning.Schedule such as pruning.feather(num_layers=...), "
+                                f"not {type(schedule).__name__} {schedule!r}")
             if B != 1:
                 raise ValueError(f"pruning takes one sequence (kept tokens differ per image); got a batch of {B}")
             text, grid = self.config.text_config, self.config.vision_config.grid
             # Checks the schedule against this model before any compute.
             pruner = schedule.pruner(text.num_hidden_layers, self.config.num_visual_tokens, (grid, grid),
                                      self._visual_start(input_ids), text.rope_theta)
-        patches = self.patch_features(pixel_values)
+        features = self.patch_features(pixel_values)
         if pruner is not None:
-            pruner.patch_features = patches[0]
+            pruner.patch_features = features[0]
         positions = torch.arange(T, device=self.device).expand(B, T)
-        h = self.embed(input_ids, self.multi_modal_projector(patches))
+        h = self.embed(input_ids, self.multi_modal_projector(features))
         logits = self.language_model(h, positions, cache, pruner)
         if cache is not None:
             cache.length = T

@@ -16,9 +16,9 @@ Read in this order:
 see the text tokens and the kept visual tokens. The decision is made from layer K-1's
 RMS-normed INPUT through its q and k projections, with the LAST prompt token as the query
 (FastV's code, not the "average over all queries" its paper's text suggests). Kept tokens
-keep their original position ids. The exact definitions, and where they come from:
-REFERENCE.md, read from the authors' code (markendo/FEATHER, pkunlp-icler/FastV,
-Cooperx521/PyramidDrop).
+keep their original position ids. The definitions were read from the authors' code
+(markendo/FEATHER at c2a09b2, pkunlp-icler/FastV, Cooperx521/PyramidDrop); where ours
+departs from it (tie order, PyramidDrop's scoring layer), the docstring says so.
 """
 from __future__ import annotations
 
@@ -46,14 +46,15 @@ def attention_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     query (nh, hs): the last prompt token's q. keys (n_kv, N, hs): the visual tokens' k.
     Per head, softmax over the N visual keys only of q.k / sqrt(hs); then the mean over
     heads. (FastV's own code softmaxes the whole causal row and slices the visual part
-    afterwards; the FEATHER authors' code, which produced the paper's numbers, does this.
-    It also casts the softmax back to the model's dtype before the head mean; here the mean
-    stays float32, which is the same thing in a float32 model and has fewer ties in half.)
+    afterwards; the FEATHER authors' code, which produced the paper's numbers, does this.)
+    As in the authors' code, the softmax is taken in float32 and cast back to the model's
+    dtype before the head mean: in a float16/bfloat16 model that rounding decides which
+    tokens sit just above the cut, so skipping it would select different tokens.
     """
     nh, hs = query.shape
     keys = repeat_kv(keys[None], nh // keys.shape[0])[0]  # grouped-query: each k serves nh/n_kv heads
     logits = torch.matmul(query[:, None, :], keys.transpose(1, 2)) / math.sqrt(hs)  # (nh, 1, N)
-    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=0)[0]
+    return logits.softmax(dim=-1, dtype=torch.float32).to(query.dtype).mean(dim=0)[0].float()
 
 
 def phi_original(query: torch.Tensor, keys: torch.Tensor, query_position: int, key_positions: torch.Tensor,
@@ -106,11 +107,11 @@ def phi_knn(features: torch.Tensor, budget: int) -> torch.Tensor:
     return top_k(density * delta, budget)
 
 
-def phi_uniform(rows: int, cols: int, stride: int) -> torch.Tensor:
+def phi_uniform(rows: int, cols: int, stride: int, device: torch.device | str | None = None) -> torch.Tensor:
     """phi_uniform: every stride-th row and column of the rows x cols grid (raster order),
     starting at row 0 and column 0. 24x24, stride 3: rows 0, 3, ..., 21 and the same columns."""
-    r = torch.arange(0, rows, stride)
-    c = torch.arange(0, cols, stride)
+    r = torch.arange(0, rows, stride, device=device)
+    c = torch.arange(0, cols, stride, device=device)
     return (r[:, None] * cols + c[None, :]).flatten()
 
 
@@ -130,7 +131,8 @@ def phi_ensemble(query: torch.Tensor, keys: torch.Tensor, budget: int, rows: int
     """phi_-R + phi_uniform: the top `budget` by phi_-R over ALL visual tokens, united with the
     stride grid. The union's size depends on the image: between max(budget, grid) and
     budget + grid. FEATHER's first stage."""
-    return torch.unique(torch.cat([phi_no_rope(query, keys, budget), phi_uniform(rows, cols, stride)]))
+    grid = phi_uniform(rows, cols, stride, device=query.device)
+    return torch.unique(torch.cat([phi_no_rope(query, keys, budget), grid]))
 
 
 # -----------------------------------------------------------------------------
@@ -185,6 +187,8 @@ class Schedule:
         if not self.stages:
             raise ValueError(f"schedule {self.name!r} has no stages (for no pruning, pass no schedule)")
         for i, stage in enumerate(self.stages):
+            if not isinstance(stage, Stage):
+                raise TypeError(f"schedule {self.name!r}, stage {i + 1}: expected a Stage, got {stage!r}")
             where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {stage.criterion})"
             if stage.criterion not in CRITERIA:
                 raise ValueError(f"{where}: unknown criterion {stage.criterion!r}; expected one of {list(CRITERIA)}")
@@ -197,12 +201,18 @@ class Schedule:
                 raise ValueError(f"{where}: stride {stage.stride!r} must be an int >= 1")
             if stage.criterion == "phi_ensemble" and stage.stride is None:
                 raise ValueError(f"{where}: phi_ensemble needs a stride for its grid")
+            if stage.stride is not None and stage.criterion not in ("phi_uniform", "phi_ensemble"):
+                raise ValueError(f"{where}: stride={stage.stride} only applies to phi_uniform and phi_ensemble")
+            if stage.of_present and stage.criterion in FIRST_STAGE_ONLY:
+                raise ValueError(f"{where}: of_present does not apply: {stage.criterion} is a first stage, "
+                                 "where every visual token is present")
             if stage.criterion == "phi_uniform" and (stage.stride is None) == (stage.keep is None):
                 raise ValueError(f"{where}: phi_uniform takes a stride or a keep fraction (exactly one), "
                                  f"got stride={stage.stride!r}, keep={stage.keep!r}")
             if stage.keep is None and stage.criterion != "phi_uniform":
                 raise ValueError(f"{where}: keep (a fraction of visual tokens) is required")
-            if stage.keep is not None and not (isinstance(stage.keep, (int, float)) and 0 < stage.keep <= 1):
+            if stage.keep is not None and (isinstance(stage.keep, bool) or not isinstance(stage.keep, (int, float))
+                                           or not 0 < stage.keep <= 1):
                 raise ValueError(f"{where}: keep={stage.keep!r} must be a fraction in (0, 1] of the visual "
                                  f"tokens {'present' if stage.of_present else 'in the original grid'}")
             if i and stage.criterion in FIRST_STAGE_ONLY:
@@ -278,12 +288,18 @@ def scale_layer(layer: int, num_layers: int) -> int:
 def _preset(name: str, stages: list[Stage], num_layers: int) -> Schedule:
     if num_layers == PRESET_DEPTH:
         return Schedule(tuple(stages), name)
-    written = [s.layer for s in stages]
+    written = ",".join(str(s.layer) for s in stages)
     scaled = [replace(s, layer=scale_layer(s.layer, num_layers)) for s in stages]
-    note = (f"layers {','.join(map(str, written))} of {PRESET_DEPTH} scaled to "
-            f"{','.join(str(s.layer) for s in scaled)} of {num_layers} (x L/32, rounded)")
+    layers = ",".join(str(s.layer) for s in scaled)
+    if len({s.layer for s in scaled}) < len(scaled):
+        raise ValueError(f"{name}: layers {written} of {PRESET_DEPTH} scale to {layers} of {num_layers}, "
+                         "which collide: the model is too shallow for this preset")
+    note = f"layers {written} of {PRESET_DEPTH} scaled to {layers} of {num_layers} (x L/32, rounded)"
     print(f"{name}: {note}")
     return Schedule(tuple(scaled), name, note)
+
+# The one-stage presets take K in the 32-layer numbering of the paper (Table 1: K = 3 and 8);
+# num_layers scales it, like every preset layer, to the model's depth.
 
 
 def fastv(layer: int = 3, num_layers: int = 32) -> Schedule:
@@ -363,34 +379,34 @@ class Pruner:
         scoring_layer: decoder layer layer-1, whose input x (1, T, d) at positions (1, T) is
         scored before it runs; its cache is not touched.
         """
-        stage = self.stages[layer]
         n, start = len(self.present), self.visual_start
-        visual = slice(start, start + n)
-        count = _stage_count(stage, self.num_visual, n, self.grid)
+        idx = self._criterion(self.stages[layer], scoring_layer, x, positions).to(x.device)
+        self.present = self.present[idx.cpu()]
+        self.kept[layer] = self.present
+        return torch.cat([torch.arange(start, device=x.device), start + idx,
+                          torch.arange(start + n, x.shape[1], device=x.device)])
+
+    def _criterion(self, stage: Stage, scoring_layer, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The stage's criterion on this prefill's tensors: kept indices among the visual tokens present."""
+        visual = slice(self.visual_start, self.visual_start + len(self.present))
+        count = _stage_count(stage, self.num_visual, len(self.present), self.grid)
         if stage.criterion == "phi_knn":
             if self.patch_features is None:
-                raise ValueError(f"layer {layer}: phi_knn needs the vision backbone's features, and none were given")
-            idx = phi_knn(self.patch_features, count)
-        elif stage.criterion == "phi_uniform":
-            idx = phi_uniform(*self.grid, _uniform_stride(stage, self.num_visual, self.grid))
-        else:
-            # The whole normed input goes through q_proj and k_proj, as in the authors' code:
-            # projecting only the rows used would take a different matmul kernel and could
-            # change the scores in their last bit, and with them near-tied rankings.
-            q, k = scoring_layer.self_attn.project_qk(scoring_layer.input_layernorm(x))
-            query, keys = q[0, :, -1], k[0, :, visual]  # the last prompt token; the visual keys
-            if stage.criterion == "phi_original":
-                idx = phi_original(query, keys, positions[0, -1].item(), positions[0, visual], count, self.rope_theta)
-            elif stage.criterion == "phi_no_rope":
-                idx = phi_no_rope(query, keys, count)
-            else:
-                idx = phi_ensemble(query, keys, count, *self.grid, stage.stride)
-        idx = idx.to(self.present.device)
-        self.present = self.present[idx]
-        self.kept[layer] = self.present
-        device = x.device
-        return torch.cat([torch.arange(start, device=device), start + idx.to(device),
-                          torch.arange(start + n, x.shape[1], device=device)])
+                raise ValueError(f"layer {stage.layer}: phi_knn needs the vision backbone's features, "
+                                 "and none were given")
+            return phi_knn(self.patch_features, count)
+        if stage.criterion == "phi_uniform":
+            return phi_uniform(*self.grid, _uniform_stride(stage, self.num_visual, self.grid), device=x.device)
+        # The whole normed input goes through q_proj and k_proj, as in the authors' code:
+        # projecting only the rows used would take a different matmul kernel and could
+        # change the scores in their last bit, and with them near-tied rankings.
+        q, k = scoring_layer.self_attn.project_qk(scoring_layer.input_layernorm(x))
+        query, keys = q[0, :, -1], k[0, :, visual]  # the last prompt token; the visual keys
+        if stage.criterion == "phi_original":
+            return phi_original(query, keys, positions[0, -1].item(), positions[0, visual], count, self.rope_theta)
+        if stage.criterion == "phi_no_rope":
+            return phi_no_rope(query, keys, count)
+        return phi_ensemble(query, keys, count, *self.grid, stage.stride)
 
 
 # -----------------------------------------------------------------------------
@@ -417,7 +433,8 @@ def prefill_flops(kept, num_visual: int, num_text: int, num_layers: int = 32, hi
         side = math.isqrt(num_visual)
         grid = (side, side) if side * side == num_visual else None
         kept = {layer: most for layer, (_, most) in kept.check(num_layers, num_visual, grid).items()}
-    counts = {layer: v if isinstance(v, int) else len(v) for layer, v in (kept or {}).items()}
+    counts = {layer: len(v) if isinstance(v, (list, tuple)) or (torch.is_tensor(v) and v.ndim) else int(v)
+              for layer, v in (kept or {}).items()}
     total, visual = 0, num_visual
     for layer in range(num_layers):
         visual = counts.get(layer, visual)

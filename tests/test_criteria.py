@@ -135,3 +135,8 @@ def test_every_criterion_returns_sorted_unique_int64():
         assert kept.dtype == torch.int64
         assert kept.tolist() == sorted(set(kept.tolist()))
         assert 0 <= kept.min().item() and kept.max().item() < 36
+
+
+def test_uniform_grid_is_built_on_the_requested_device():
+    """phi_ensemble unites phi_-R's indices with the grid on the scores' device (a CUDA run must not mix devices)."""
+    assert phi_uniform(4, 4, 3, device="meta").device.type == "meta"

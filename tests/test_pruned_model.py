@@ -173,6 +173,7 @@ def test_bad_schedule_fails_before_any_compute(loaded):
 
 
 def test_pruning_takes_one_sequence(loaded):
+    """Kept tokens differ per image, so a batch of 2 is refused with a schedule."""
     model, inputs = loaded
     batch = Inputs(inputs.input_ids.repeat(2, 1), inputs.pixel_values.repeat(2, 1, 1, 1), START, N, (24, 24))
     with pytest.raises(ValueError, match="pruning takes one sequence .*; got a batch of 2"):
@@ -190,3 +191,11 @@ def test_grid_criteria_refuse_a_model_that_keeps_cls():
     ids = torch.tensor([[1, 3] + [63] * 17 + [5, 4]])
     with pytest.raises(ValueError, match=r"the grid \(4, 4\) does not hold the model's 17 visual tokens"):
         model(Inputs(ids, torch.zeros(1, 3, 32, 32), 2, 17, (4, 4)), schedule=uniform(num_layers=4))
+
+
+def test_schedule_must_be_a_schedule(loaded):
+    """A preset's name instead of the preset gets a TypeError that says what to pass."""
+    model, inputs = loaded
+    with pytest.raises(TypeError, match=r"schedule must be a pruning.Schedule such as pruning.feather\(num_layers"
+                                        r"=...\), not str 'feather'"):
+        model(inputs, schedule="feather")

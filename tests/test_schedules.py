@@ -82,6 +82,7 @@ def test_layer_beyond_the_model_is_refused():
 
 
 def test_stages_out_of_order_are_refused():
+    """Stages run in the decoder's order; a later stage at an earlier layer is a mistake."""
     assert error_of(lambda: Schedule([Stage(16, "phi_no_rope", 0.5), Stage(8, "phi_no_rope", 0.1)])) == (
         "schedule 'custom', stage 2 (layer 8, phi_no_rope): layer 8 must come after the previous stage's "
         "layer 16 (stages in increasing layer order)")
@@ -89,6 +90,7 @@ def test_stages_out_of_order_are_refused():
 
 @pytest.mark.parametrize("keep", [0, -0.5, 1.5])
 def test_budget_outside_0_1_is_refused(keep):
+    """keep is a fraction: 0 keeps nothing, a negative or > 1 share is meaningless."""
     assert error_of(lambda: Schedule([Stage(3, "phi_original", keep)])) == (
         f"schedule 'custom', stage 1 (layer 3, phi_original): keep={keep!r} must be a fraction in (0, 1] "
         "of the visual tokens in the original grid")
@@ -109,6 +111,7 @@ def test_budget_that_keeps_nothing_is_refused():
 
 
 def test_stride_below_1_is_refused():
+    """Stride 0 would lay no grid at all."""
     assert error_of(lambda: Schedule([Stage(3, "phi_uniform", stride=0)])) == (
         "schedule 'custom', stage 1 (layer 3, phi_uniform): stride 0 must be an int >= 1")
 
@@ -128,6 +131,7 @@ def test_grid_that_is_not_the_visual_token_count_is_refused():
 
 
 def test_unknown_criterion_and_missing_keep_are_refused():
+    """Typos and forgotten budgets are named, with the criteria that exist."""
     assert error_of(lambda: Schedule([Stage(3, "phi_magic", 0.5)])) == (
         "schedule 'custom', stage 1 (layer 3, phi_magic): unknown criterion 'phi_magic'; expected one of "
         "['phi_original', 'phi_no_rope', 'phi_knn', 'phi_uniform', 'phi_ensemble']")
@@ -143,3 +147,28 @@ def test_knn_without_vision_features_is_refused():
     with pytest.raises(ValueError) as e:
         pruner.select(1, None, torch.zeros(1, 20, 8), torch.arange(20)[None])
     assert str(e.value) == "layer 1: phi_knn needs the vision backbone's features, and none were given"
+
+
+def test_options_that_would_be_ignored_are_refused():
+    """A stride on an attention criterion, of_present on a first-stage-only criterion, keep=True."""
+    assert error_of(lambda: Schedule([Stage(3, "phi_no_rope", 0.25, stride=3)])) == (
+        "schedule 'custom', stage 1 (layer 3, phi_no_rope): stride=3 only applies to phi_uniform and phi_ensemble")
+    assert error_of(lambda: Schedule([Stage(3, "phi_knn", 0.25, of_present=True)])) == (
+        "schedule 'custom', stage 1 (layer 3, phi_knn): of_present does not apply: phi_knn is a first stage, "
+        "where every visual token is present")
+    assert error_of(lambda: Schedule([Stage(3, "phi_no_rope", True)])).endswith(
+        "keep=True must be a fraction in (0, 1] of the visual tokens in the original grid")
+
+
+def test_stages_must_be_stage_objects():
+    """A tuple in place of a Stage is named, not met later by an AttributeError."""
+    with pytest.raises(TypeError) as e:
+        Schedule([(3, "phi_original", 0.25)])
+    assert str(e.value) == "schedule 'custom', stage 1: expected a Stage, got (3, 'phi_original', 0.25)"
+
+
+def test_preset_too_deep_for_a_shallow_model_is_refused():
+    """pyramid_drop's layers 8, 16, 24 of 32 collapse to 1, 1, 2 in a 2-layer model."""
+    assert error_of(lambda: pyramid_drop(num_layers=2)) == (
+        "pyramid_drop: layers 8,16,24 of 32 scale to 1,1,2 of 2, which collide: the model is too shallow "
+        "for this preset")
