@@ -362,16 +362,12 @@ class Pruner:
 
     def __init__(self, schedule: Schedule, num_visual: int, grid: tuple[int, int] | None, visual_start: int,
                  rope_theta: float):
-        self.schedule, self.grid, self.visual_start, self.rope_theta = schedule, grid, visual_start, rope_theta
-        self.num_visual = num_visual
+        self.num_visual, self.grid, self.visual_start, self.rope_theta = num_visual, grid, visual_start, rope_theta
         self.stages = {s.layer: s for s in schedule.stages}
+        self.layers = set(self.stages)  # the decoder loop asks before every layer
         self.present = torch.arange(num_visual)
         self.kept: dict[int, torch.Tensor] = {}
         self.patch_features: torch.Tensor | None = None  # (N, C), set by the model: phi_KNN's input
-
-    @property
-    def layers(self) -> set[int]:
-        return set(self.stages)
 
     def select(self, layer: int, scoring_layer, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rows (T',) of the current sequence that layer `layer` and later ones will see.
