@@ -344,9 +344,10 @@ class LlamaAttention(nn.Module):
         return q, k
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
+                cache: KVCache | None, layer: int, qk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """qk: project_qk(x) when the caller already has it (a pruning score was computed from it)."""
         B, T, _ = x.shape
-        q, k = self.project_qk(x)
+        q, k = qk if qk is not None else self.project_qk(x)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
@@ -381,8 +382,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer)
+    def forward(self, x, cos, sin, positions, cache, layer, qk=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer, qk)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -404,14 +405,18 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                 pruner=None) -> torch.Tensor:
         """pruner (prefill only; see pruning.Pruner): `layers`, the set of layers before which
-        visual tokens are dropped, and `select(K, layer K-1, its input, positions)` -> the
-        rows that layers K.. will see."""
+        visual tokens are dropped, and `select(K, q, k, positions)` -> the rows that layers
+        K.. will see, decided from layer K-1's q and k (B, heads, T, hs) before RoPE."""
         # cos/sin depend only on the positions: computed once, shared by every layer.
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            # Pruning at layer K is decided from layer K-1's input, before that layer runs.
-            rows = pruner.select(i + 1, layer, x, positions) if pruner and i + 1 in pruner.layers else None
-            x = layer(x, cos, sin, positions, cache, i)
+            rows = qk = None
+            if pruner is not None and i + 1 in pruner.layers:
+                # Pruning at layer K is decided from layer K-1's normed input through its q and k
+                # projections, before it runs; the layer then reuses them, so scoring costs no matmul.
+                qk = layer.self_attn.project_qk(layer.input_layernorm(x))
+                rows = pruner.select(i + 1, *qk, positions)
+            x = layer(x, cos, sin, positions, cache, i, qk)
             if rows is not None:
                 # Later layers see only these rows (text and kept visual tokens), at their ORIGINAL positions.
                 x, positions, cos, sin = x[:, rows], positions[:, rows], cos[:, rows], sin[:, rows]

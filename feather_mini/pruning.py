@@ -369,20 +369,22 @@ class Pruner:
         self.kept: dict[int, torch.Tensor] = {}
         self.patch_features: torch.Tensor | None = None  # (N, C), set by the model: phi_KNN's input
 
-    def select(self, layer: int, scoring_layer, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rows (T',) of the current sequence that layer `layer` and later ones will see.
 
-        scoring_layer: decoder layer layer-1, whose input x (1, T, d) at positions (1, T) is
-        scored before it runs; its cache is not touched.
+        q (1, nh, T, hs), k (1, n_kv, T, hs): layer `layer`-1's projections of its normed
+        input, before RoPE, over the whole sequence as the authors' code computes them (one
+        row alone would go through a different matmul kernel and could differ in the last
+        bit, which can swap near-tied tokens). positions (1, T): original position ids.
         """
-        n, start = len(self.present), self.visual_start
-        idx = self._criterion(self.stages[layer], scoring_layer, x, positions).to(x.device)
+        n, start, T = len(self.present), self.visual_start, q.shape[2]
+        idx = self._criterion(self.stages[layer], q, k, positions).to(q.device)
         self.present = self.present[idx.cpu()]
         self.kept[layer] = self.present
-        return torch.cat([torch.arange(start, device=x.device), start + idx,
-                          torch.arange(start + n, x.shape[1], device=x.device)])
+        return torch.cat([torch.arange(start, device=q.device), start + idx,
+                          torch.arange(start + n, T, device=q.device)])
 
-    def _criterion(self, stage: Stage, scoring_layer, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _criterion(self, stage: Stage, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The stage's criterion on this prefill's tensors: kept indices among the visual tokens present."""
         visual = slice(self.visual_start, self.visual_start + len(self.present))
         count = _stage_count(stage, self.num_visual, len(self.present), self.grid)
@@ -392,11 +394,7 @@ class Pruner:
                                  "and none were given")
             return phi_knn(self.patch_features, count)
         if stage.criterion == "phi_uniform":
-            return phi_uniform(*self.grid, _uniform_stride(stage, self.num_visual, self.grid), device=x.device)
-        # The whole normed input goes through q_proj and k_proj, as in the authors' code:
-        # projecting only the rows used would take a different matmul kernel and could
-        # change the scores in their last bit, and with them near-tied rankings.
-        q, k = scoring_layer.self_attn.project_qk(scoring_layer.input_layernorm(x))
+            return phi_uniform(*self.grid, _uniform_stride(stage, self.num_visual, self.grid), device=q.device)
         query, keys = q[0, :, -1], k[0, :, visual]  # the last prompt token; the visual keys
         if stage.criterion == "phi_original":
             return phi_original(query, keys, positions[0, -1].item(), positions[0, visual], count, self.rope_theta)

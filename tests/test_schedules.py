@@ -145,7 +145,7 @@ def test_knn_without_vision_features_is_refused():
     """A Pruner used on a bare decoder, with no vision features given, names what is missing."""
     pruner = Schedule([Stage(1, "phi_knn", 0.5)]).pruner(4, 16, (4, 4), visual_start=2, rope_theta=10000.0)
     with pytest.raises(ValueError) as e:
-        pruner.select(1, None, torch.zeros(1, 20, 8), torch.arange(20)[None])
+        pruner.select(1, torch.zeros(1, 2, 20, 4), torch.zeros(1, 2, 20, 4), torch.arange(20)[None])
     assert str(e.value) == "layer 1: phi_knn needs the vision backbone's features, and none were given"
 
 
