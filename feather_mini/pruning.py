@@ -135,6 +135,14 @@ def phi_ensemble(query: torch.Tensor, keys: torch.Tensor, budget: int, rows: int
     return torch.unique(torch.cat([phi_no_rope(query, keys, budget), grid]))
 
 
+def phi_random(num_visual: int, budget: int, seed: int = 0) -> torch.Tensor:
+    """A control, not one of the paper's criteria: `budget` of the num_visual tokens drawn
+    uniformly without replacement by a generator seeded with `seed`, hence the same subset for
+    every image and on every run. A criterion that matters should beat it."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_visual, generator=generator)[:budget].sort().values
+
+
 # -----------------------------------------------------------------------------
 # Schedules: plain data, checked when built
 
@@ -144,6 +152,7 @@ CRITERIA = {  # name in code -> the paper's symbol
     "phi_knn": "phi_KNN",
     "phi_uniform": "phi_uniform",
     "phi_ensemble": "phi_-R+uniform",
+    "phi_random": "random",  # the control
 }
 FIRST_STAGE_ONLY = ("phi_knn", "phi_uniform", "phi_ensemble")  # defined on the full grid of N tokens
 
@@ -156,12 +165,14 @@ class Stage:
     is the ORIGINAL number N (of_present=False) or the number still present (True).
     stride: the grid of phi_uniform and phi_ensemble. phi_uniform takes either a stride
     or a keep fraction, which picks the stride whose grid is nearest that count.
+    seed: phi_random's generator (the control); an evaluation gives each image its own.
     """
     layer: int
     criterion: str
     keep: float | None = None
     of_present: bool = False
     stride: int | None = None
+    seed: int = 0
 
     def __str__(self) -> str:
         symbol = CRITERIA.get(self.criterion, self.criterion)
@@ -170,6 +181,8 @@ class Stage:
             what = f"stride-{self.stride} grid" if self.stride else f"the grid nearest {share}"
         elif self.criterion == "phi_ensemble":
             what = f"top {share} by phi_-R + stride-{self.stride} grid"
+        elif self.criterion == "phi_random":
+            what = f"a random {share} (seed {self.seed})"
         else:
             what = f"top {share} by {symbol}"
         return f"layer {self.layer}: {what}"
@@ -327,6 +340,11 @@ def ensemble(layer: int = 3, num_layers: int = 32) -> Schedule:
     return _preset("ensemble", [Stage(layer, "phi_ensemble", 0.25, stride=3)], num_layers)
 
 
+def random_subset(layer: int = 3, num_layers: int = 32, seed: int = 0) -> Schedule:
+    """The control: a seeded random 25% of the visual tokens at layer K (phi_random)."""
+    return _preset("random", [Stage(layer, "phi_random", 0.25, seed=seed)], num_layers)
+
+
 def pyramid_drop(num_layers: int = 32) -> Schedule:
     """PyramidDrop for LLaVA-1.5: layers 8, 16, 24 keep 50%, 25%, 12.5% of the ORIGINAL tokens
     by phi_original. Its own code differs in three details (it scores with layer K's norm and
@@ -345,7 +363,7 @@ def feather(num_layers: int = 32) -> Schedule:
 
 
 PRESETS = {"fastv": fastv, "fastv_norope": fastv_norope, "knn": knn, "uniform": uniform, "ensemble": ensemble,
-           "pyramid_drop": pyramid_drop, "feather": feather}
+           "random": random_subset, "pyramid_drop": pyramid_drop, "feather": feather}
 
 
 # -----------------------------------------------------------------------------
@@ -393,6 +411,8 @@ class Pruner:
                 raise ValueError(f"layer {stage.layer}: phi_knn needs the vision backbone's features, "
                                  "and none were given")
             return phi_knn(self.patch_features, count)
+        if stage.criterion == "phi_random":
+            return phi_random(len(self.present), count, stage.seed)
         if stage.criterion == "phi_uniform":
             return phi_uniform(*self.grid, _uniform_stride(stage, self.num_visual, self.grid), device=q.device)
         query, keys = q[0, :, -1], k[0, :, visual]  # the last prompt token; the visual keys

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from feather_mini.pruning import (attention_scores, knn_density, phi_ensemble, phi_knn, phi_no_rope, phi_original,
+from feather_mini.pruning import (attention_scores, knn_density, phi_ensemble, phi_knn, phi_no_rope, phi_original, phi_random,
                                   phi_uniform, stride_for_budget, top_k)
 
 
@@ -140,3 +140,11 @@ def test_every_criterion_returns_sorted_unique_int64():
 def test_uniform_grid_is_built_on_the_requested_device():
     """phi_ensemble unites phi_-R's indices with the grid on the scores' device (a CUDA run must not mix devices)."""
     assert phi_uniform(4, 4, 3, device="meta").device.type == "meta"
+
+
+def test_phi_random_is_a_fixed_seeded_subset():
+    """The control draws the same sorted subset on every call: seed 0 keeps 4 of 16 as pinned here."""
+    kept = phi_random(16, 4)
+    assert kept.tolist() == [6, 9, 10, 12]  # torch.randperm(16) with seed 0, first 4, sorted
+    assert kept.dtype == torch.int64 and phi_random(16, 4).tolist() == kept.tolist()
+    assert phi_random(16, 4, seed=1).tolist() == [4, 5, 6, 15]
