@@ -1,0 +1,258 @@
+"""The paper's Table 1 in miniature: what each pruning method does to localization and to
+the other tasks, on the synthetic test split (or on a RefCOCO-style JSONL file).
+
+Rows: no pruning; each criterion (FastV's phi_original, phi_-R, phi_KNN, phi_uniform, the
+phi_-R + uniform ensemble, and a seeded random subset as a control) at an early and a later
+layer (the presets' K = 3 and K = 8, written for 32 layers and scaled to the model's depth);
+then PyramidDrop and FEATHER. Columns:
+- flops_reduction: FastV's formula on the decoder's prefill with this model's sizes and the
+  visual tokens actually kept (it counts the SwiGLU MLP as two matrices, as FastV does);
+- loc_acc: Acc@0.5 (IoU >= 0.5) of the predicted boxes;
+- other_acc: exact-match accuracy on the colour, count and existence questions;
+- bottom_share: the share of the visual tokens kept at the FIRST stage that lie in the
+  bottom half of the grid (0.5 for an even spread).
+
+    python -m feather_mini eval                       # the shipped weights, the 400-question test split
+    python -m feather_mini eval --limit 40 --methods none,fastv,feather --json
+    python -m feather_mini eval --weights llava-1.5-7b-hf --device cuda --data refcoco_val.jsonl \\
+        --template "Please provide the bounding box coordinate of the region this sentence describes: {expression}"
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from . import pruning, synthetic
+from .model import load_pretrained
+from .processing import load_image
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "feather-tiny"
+CRITERION_PRESETS = ("fastv", "fastv_norope", "knn", "uniform", "ensemble", "random")  # one criterion each
+MULTISTAGE_PRESETS = ("pyramid_drop", "feather")
+METHODS = ("none",) + CRITERION_PRESETS + MULTISTAGE_PRESETS
+EARLY_K, LATER_K = 3, 8  # in the presets' 32-layer numbering
+KEYS = ("method", "layer", "flops_reduction", "loc_acc", "other_acc", "bottom_share")
+
+# -----------------------------------------------------------------------------
+# What is evaluated: one question about one image, with its reference answer
+
+
+@dataclass(frozen=True)
+class Case:
+    image: object  # a PIL image or a path
+    question: str
+    task: str  # "loc" or one of the other synthetic tasks
+    answer: str | None = None  # the reference word (not loc)
+    box: tuple | None = None  # loc: the target box in the image's pixels
+    size: tuple[int, int] = (synthetic.IMAGE_SIZE, synthetic.IMAGE_SIZE)  # the image's (width, height)
+
+
+def synthetic_cases(limit: int, seed: int = 0) -> list[Case]:
+    """The first `limit` examples of the fixed test split."""
+    cases = []
+    for ex in synthetic.test_split(limit, seed):
+        size = (ex.scene.size, ex.scene.size)
+        cases.append(Case(ex.scene.image(), ex.question.question, ex.question.task, ex.question.answer,
+                          ex.question.box, size))
+    return cases
+
+
+def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> list[Case]:
+    """A RefCOCO-style file: one JSON object a line with "image" (a path, relative to the file's
+    folder unless absolute), "expression" and "box" ([x1, y1, x2, y2] in the image's pixels).
+    Every problem is reported with the file and line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data: file not found: {path}")
+    cases = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        for key in ("image", "expression", "box"):
+            if key not in record:
+                raise ValueError(f"{where}: missing field {key!r} (each line needs image, expression, box)")
+        box = record["box"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise ValueError(f"{where}: box must be 4 numbers [x1, y1, x2, y2] in pixels, got {box!r}")
+        image_path = Path(record["image"])
+        if not image_path.is_absolute():
+            image_path = path.parent / image_path
+        try:
+            image = load_image(image_path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        w, h = image.size
+        x1, y1, x2, y2 = box
+        if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+            raise ValueError(f"{where}: box {box} is not inside the {w}x{h} image {image_path} "
+                             "(need 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height)")
+        cases.append(Case(image, template.format(expression=record["expression"]), "loc", None, tuple(box), (w, h)))
+        if limit is not None and len(cases) == limit:
+            break
+    if not cases:
+        raise ValueError(f"--data: {path} holds no examples")
+    return cases
+
+
+def box_in_pixels(box, size: tuple[int, int]) -> tuple[float, ...]:
+    """A normalized box as LLaVA-1.5 predicts it (relative to the image padded to a square, see
+    processing.expand_to_square) -> pixels of the original image."""
+    w, h = size
+    side = max(w, h)
+    dx, dy = (side - w) // 2, (side - h) // 2
+    x1, y1, x2, y2 = (v * side for v in box)
+    return x1 - dx, y1 - dy, x2 - dx, y2 - dy
+
+
+def correct(case: Case, answer: str) -> bool:
+    if case.task == "loc":
+        box = synthetic.parse_box(answer)
+        return box is not None and synthetic.iou(box_in_pixels(box, case.size), case.box) >= 0.5
+    return answer.strip().rstrip(".").lower() == case.answer.lower()
+
+# -----------------------------------------------------------------------------
+# Methods -> schedules, and one row of the table
+
+
+def schedules(methods: list[str], num_layers: int) -> list[tuple[str, pruning.Schedule | None]]:
+    """(method, schedule) rows in table order; each single-criterion method gives two rows, at
+    the early and the later layer. The presets' scaling notes are not printed here."""
+    rows = []
+    with contextlib.redirect_stdout(io.StringIO()):  # one note per preset would bury the table
+        for method in METHODS:
+            if method not in methods:
+                continue
+            if method == "none":
+                rows.append((method, None))
+            elif method in CRITERION_PRESETS:
+                rows += [(method, pruning.PRESETS[method](layer=k, num_layers=num_layers)) for k in (EARLY_K, LATER_K)]
+            else:
+                rows.append((method, pruning.PRESETS[method](num_layers=num_layers)))
+    return rows
+
+
+def evaluate(model, processor, cases: list[Case], method: str, schedule, progress=None,
+             max_new_tokens: int = 32) -> tuple[dict, list[int]]:
+    """One row: generate an answer for every case under `schedule` and score it. Also returns how
+    many kept visual tokens (first stage) fell in each row of the grid, over all cases."""
+    cfg, (rows, cols) = model.config.text_config, processor.grid
+    loc, other, reduction = [], [], 0.0
+    per_row = torch.zeros(rows, dtype=torch.long)
+    for i, case in enumerate(cases):
+        inputs = processor(case.image, case.question)
+        out = model.generate(inputs, max_new_tokens, reseeded(schedule, i))
+        (loc if case.task == "loc" else other).append(correct(case, out.text))
+        if out.kept:
+            first = out.kept[min(out.kept)]  # original indices kept at the first stage
+            per_row += torch.bincount(first // cols, minlength=rows)
+        num_text = inputs.input_ids.shape[1] - inputs.visual_len
+        reduction += pruning.flops_reduction(out.kept, inputs.visual_len, num_text, cfg.num_hidden_layers,
+                                             cfg.hidden_size, cfg.intermediate_size)
+        if progress:
+            progress(i + 1)
+    mean = lambda hits: sum(hits) / len(hits) if hits else None  # noqa: E731
+    kept = per_row.sum().item()
+    bottom = per_row[math.ceil(rows / 2):].sum().item()  # an odd grid's middle row counts as neither half
+    row = {"method": method, "layer": [s.layer for s in schedule.stages] if schedule is not None else [],
+           "flops_reduction": reduction / len(cases), "loc_acc": mean(loc), "other_acc": mean(other),
+           "bottom_share": bottom / kept if kept else None}
+    return row, per_row.tolist()
+
+
+def reseeded(schedule, seed: int):
+    """The random control draws a different subset for each question (seeded by its index), so
+    that its average over the split is unbiased; every other schedule is returned as it is."""
+    if schedule is None or all(s.criterion != "phi_random" for s in schedule.stages):
+        return schedule
+    return pruning.Schedule(tuple(replace(s, seed=seed) for s in schedule.stages), schedule.name, schedule.note)
+
+
+def row_histogram(per_row: list[int], width: int = 40) -> str:
+    """Text bars: the share of kept visual tokens in each grid row, top row first."""
+    total = sum(per_row) or 1
+    return "\n".join(f"row {r:2d} {'#' * round(width * n / total):<{width}} {100 * n / total:5.1f}%"
+                     for r, n in enumerate(per_row))
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table; fractions as percentages."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | kept in bottom half % |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        layer = ",".join(map(str, r["layer"])) or "-"
+        lines.append(f"| {r['method']} | {layer} | {pct(r['flops_reduction'])} | {pct(r['loc_acc'])} | "
+                     f"{pct(r['other_acc'])} | {pct(r['bottom_share'])} |")
+    return "\n".join(lines)
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="checkpoint folder (default: the shipped model)")
+    p.add_argument("--limit", type=int, default=400, help="questions to evaluate (default: the whole test split, 400)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--data", help="a RefCOCO-style JSONL file (image, expression, box in pixels) instead of the test split")
+    p.add_argument("--template", default="Where is the {expression}?",
+                   help="the question asked for each --data expression (default: the shipped model's)")
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="answer length limit (the shipped model stops after 5; a 7B box takes about 25 tokens)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
+
+
+def main(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--methods: unknown method {unknown[0] if unknown else '(none given)'!r}; "
+                         f"expected a comma-separated subset of {', '.join(METHODS)}")
+    for name in ("limit", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if "{expression}" not in args.template:
+        raise ValueError(f"--template must contain {{expression}}, got {args.template!r}")
+    cases = jsonl_cases(args.data, args.template, args.limit) if args.data else synthetic_cases(args.limit)
+    model, processor = load_pretrained(args.weights, args.device, args.dtype)
+    rows_to_run = schedules(methods, model.config.text_config.num_hidden_layers)
+    rows, histograms = [], {}
+    for n, (method, schedule) in enumerate(rows_to_run, start=1):
+        label = f"{method} (layers {','.join(str(s.layer) for s in schedule.stages)})" if schedule else method
+        def progress(done, n=n, label=label):
+            if done == len(cases) or sys.stderr.isatty():  # a log file gets one line per row
+                end = "\n" if done == len(cases) else ""
+                print(f"\reval: row {n}/{len(rows_to_run)} {label}: {done}/{len(cases)}", end=end, file=sys.stderr,
+                      flush=True)
+        row, per_row = evaluate(model, processor, cases, method, schedule, progress, args.max_new_tokens)
+        rows.append(row)
+        histograms[(method, tuple(row["layer"]))] = per_row
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        source = args.data or f"synthetic test split, {len(cases)} questions"
+        print(f"{args.weights} on {source}; layers are this model's ({model.config.text_config.num_hidden_layers}"
+              f" decoder layers); pruning after layer 0 is 'layer 1'")
+        print(table(rows))
+        early_fastv = next(((layers, h) for (m, layers), h in histograms.items() if m == "fastv"), None)
+        if early_fastv:  # the paper's Figure 3 in text: FastV's kept tokens, row by row
+            layers, per_row = early_fastv
+            print(f"\nfastv at layer {layers[0]}: where the kept visual tokens lie, by grid row (row 0 = top)")
+            print(row_histogram(per_row))
+    return 0

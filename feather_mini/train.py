@@ -1,0 +1,344 @@
+"""Train the tiny LLaVA that ships in weights/, on synthetic scenes (synthetic.py).
+
+It trains the very classes of model.py, end to end from scratch, on multi-turn chats: each
+chat is one scene and a few different questions about it (localization boxes, colour,
+count, existence), half the time closed by a caption that lists every object with its box
+(a dense, LLaVA-pretraining-like signal that ties visual tokens to positions). The loss is
+the next-token cross-entropy on answer tokens only.
+
+Reproducible: the chats of step s come from random.Random(f"train:{seed}:{s}") and the
+weights from torch.manual_seed(seed), so a run resumed from a checkpoint continues exactly
+as an uninterrupted one. Checkpoints (model and AdamW state) are safetensors, never pickles.
+The output folder is a llava-hf checkpoint that load_pretrained reads unchanged:
+config.json, model.safetensors, tokenizer.json, preprocessor_config.json.
+
+    python -m feather_mini train --out runs/tiny --steps 12000      # logs a progress line
+    python -m feather_mini train --out runs/tiny --steps 12000 --resume
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+
+from . import synthetic
+from .model import LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig
+from .processing import CLIP_MEAN, CLIP_STD, Processor
+
+SPECIALS = ["<unk>", "<s>", "</s>"]
+IMAGE_TOKEN = "<image>"
+
+# -----------------------------------------------------------------------------
+# The model and its tokenizer
+
+
+def model_config(preset: str, vocab_size: int) -> LlavaConfig:
+    """'shipped': the model in weights/ (12x12 grid, 8-layer decoder, 2.5 M parameters);
+    'test': a very small one for the tests: widths of 32, but the shipped model's 12x12 grid and 8
+    decoder layers, so that every preset's budgets and layers are those of the shipped model."""
+    if preset == "shipped":
+        vision = VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                              image_size=synthetic.IMAGE_SIZE, patch_size=8)
+        text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=8,
+                          num_attention_heads=4, max_position_embeddings=512)
+    elif preset == "test":
+        vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=synthetic.IMAGE_SIZE, patch_size=8)
+        text = TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=8,
+                          num_attention_heads=2, max_position_embeddings=256)
+    else:
+        raise ValueError(f"unknown model preset {preset!r}; expected 'shipped' or 'test'")
+    # Every ViT layer feeds the projector (-1): LLaVA's -2 would leave the last layer untrained.
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab_size - 1,
+                       vision_feature_layer=-1)
+
+
+def make_tokenizer() -> Tokenizer:
+    """Word level over synthetic.vocabulary(): ids 0-2 are <unk> <s> </s>, <image> is the last id
+    (as in llava-hf), and encode() prepends <s> as Llama's tokenizer does."""
+    words = SPECIALS + synthetic.vocabulary() + [IMAGE_TOKEN]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIALS + [IMAGE_TOKEN]])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def init_weights(model: LlavaForConditionalGeneration, seed: int) -> None:
+    """GPT-2 style: matrices N(0, 0.02), the projections that write into a residual stream
+    scaled down by sqrt(2 * its depth), biases 0, norms 1. The ViT's position embeddings
+    start as 2-D sine/cosine waves (MAE's), so that every patch knows its row and column from
+    step 0; they are still trained."""
+    torch.manual_seed(seed)
+    cfg = model.config
+    depth = {"vision_tower": cfg.vision_config.num_hidden_layers, "language_model": cfg.text_config.num_hidden_layers}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif "norm" in name or "layrnorm" in name:
+                p.fill_(1.0)
+            else:
+                std = 0.02
+                if name.endswith(("o_proj.weight", "down_proj.weight", "out_proj.weight", "fc2.weight")):
+                    std /= math.sqrt(2 * depth[name.split(".")[0]])
+                p.normal_(0.0, std)
+        emb = model.vision_tower.vision_model.embeddings
+        emb.position_embedding.weight[1:] = sincos_2d(cfg.vision_config.grid, cfg.vision_config.hidden_size)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid * grid, dim) in raster order: half the channels encode the row, half the column."""
+    quarter = dim // 4
+    freq = 1.0 / 10000 ** (torch.arange(quarter).float() / quarter)
+    pos = torch.arange(grid).float()[:, None] * freq  # (grid, quarter)
+    wave = torch.cat([pos.sin(), pos.cos()], dim=1)  # (grid, dim/2)
+    rows = wave[:, None].expand(grid, grid, -1)
+    cols = wave[None, :].expand(grid, grid, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim)
+
+
+def save_pretrained(model: LlavaForConditionalGeneration, tokenizer: Tokenizer, folder: Path) -> None:
+    """A llava-hf checkpoint folder: config.json, model.safetensors (llava-hf key layout),
+    tokenizer.json and preprocessor_config.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    text, vision = asdict(cfg.text_config), asdict(cfg.vision_config)
+    config = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+              **{k: v for k, v in asdict(cfg).items() if k not in ("text_config", "vision_config")},
+              "text_config": {"model_type": "llama", **text}, "vision_config": {"model_type": "clip_vision_model", **vision},
+              "torch_dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(str(folder / "tokenizer.json"))
+    S = cfg.vision_config.image_size
+    pre = {"image_processor_type": "CLIPImageProcessor", "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+           "size": {"shortest_edge": S}, "crop_size": {"height": S, "width": S}, "do_resize": True,
+           "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_convert_rgb": True}
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+
+# -----------------------------------------------------------------------------
+# Data: one step's chats as padded tensors
+
+
+def encode_chat(processor: Processor, chat: list[synthetic.Question]) -> tuple[list[int], list[int]]:
+    """Token ids of a multi-turn LLaVA-1.5 chat and its labels (-100 except on answers and their </s>).
+    The first turn is exactly the processor's prompt, as at inference."""
+    tok, eos = processor.tokenizer, processor.tokenizer.token_to_id("</s>")
+    ids, _ = processor.input_ids(chat[0].question)
+    ids = ids[0].tolist()
+    labels = [-100] * len(ids)
+    for i, q in enumerate(chat):
+        if i:
+            prompt = tok.encode(f"USER: {q.question} ASSISTANT:", add_special_tokens=False).ids
+            ids += prompt
+            labels += [-100] * len(prompt)
+        answer = tok.encode(q.answer, add_special_tokens=False).ids + [eos]
+        ids += answer
+        labels += answer
+    return ids, labels
+
+
+def objects_at(step: int, max_objects: int, curriculum: int) -> int:
+    """The curriculum: scenes hold at most 1 object for the first `curriculum` steps, at most 2 for
+    the next `curriculum`, and so on up to max_objects (0: no curriculum). With one object the
+    model first learns to read colour, shape and position off the visual tokens; binding a
+    question to one of several objects comes after."""
+    return max_objects if curriculum == 0 else min(max_objects, 1 + step // curriculum)
+
+
+def make_batch(processor: Processor, step: int, seed: int, batch: int, turns: int, max_objects: int):
+    """(pixel_values, input_ids, labels) for one step; right-padded, which a causal decoder never sees."""
+    rng = random.Random(f"train:{seed}:{step}")
+    pixels, rows = [], []
+    for _ in range(batch):
+        scene, chat = synthetic.training_chat(rng, turns, max_objects=max_objects)
+        pixels.append(processor.pixel_values(scene.image()))
+        rows.append(encode_chat(processor, chat))
+    T = max(len(ids) for ids, _ in rows)
+    eos = processor.tokenizer.token_to_id("</s>")
+    input_ids = torch.tensor([ids + [eos] * (T - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (T - len(lab)) for _, lab in rows])
+    return torch.stack(pixels), input_ids, labels
+
+
+def loss_on(model: LlavaForConditionalGeneration, pixels, input_ids, labels) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens of the batch."""
+    h = model.embed(input_ids, model.image_features(pixels))
+    B, T = input_ids.shape
+    logits = model.language_model(h, torch.arange(T).expand(B, T))
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+# -----------------------------------------------------------------------------
+# Held-out accuracy: single-turn questions, greedy answers, as the evaluation asks them
+
+
+@torch.no_grad()
+def validate(model, processor, n: int, seed: int) -> dict[str, float]:
+    """Accuracy per task on n examples of the 'val' split (never the test split)."""
+    hits: dict[str, list[bool]] = {}
+    for i in range(n):
+        ex = synthetic.example("val", i, seed)
+        answer = model.generate(processor(ex.scene.image(), ex.question.question), max_new_tokens=8).text
+        hits.setdefault(ex.question.task, []).append(synthetic.answer_correct(ex.question, answer, ex.scene.size))
+    return {task: sum(h) / len(h) for task, h in sorted(hits.items())}
+
+# -----------------------------------------------------------------------------
+# Checkpoints: model and AdamW state in one safetensors file, the rest in JSON
+
+
+def save_checkpoint(folder: Path, model, optimizer, step: int, args: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for i, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"optim/{i}/{name}"] = torch.as_tensor(value).contiguous()
+    tmp = folder / "state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / "state.safetensors")  # never leave a half-written checkpoint behind
+    (folder / "state.json").write_text(json.dumps({"step": step, "args": args}, indent=2) + "\n")
+
+
+def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
+    """Restore model and optimizer; return the last completed step. Refuses a checkpoint of
+    another configuration (naming the setting), since resuming it would mix two runs."""
+    meta_file, tensor_file = folder / "state.json", folder / "state.safetensors"
+    if not meta_file.is_file() or not tensor_file.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected state.json and state.safetensors)")
+    meta = json.loads(meta_file.read_text())
+    for key in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr", "warmup"):
+        if meta["args"].get(key) != args.get(key):
+            raise ValueError(f"--resume: {folder} was trained with {key}={meta['args'].get(key)!r}, "
+                             f"this run asks for {key}={args.get(key)!r}")
+    tensors = load_file(str(tensor_file))
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, i, name = key.split("/")
+            state["state"].setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict(state)
+    return meta["step"]
+
+# -----------------------------------------------------------------------------
+# The training loop
+
+
+def learning_rate(step: int, args) -> float:
+    """Warm-up, then constant, then a linear decay over the last 20% of steps to 10%
+    ("warmup-stable-decay"): a run can be extended while it is still in the constant phase."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    decay_start = int(0.8 * args.steps)
+    if step < decay_start:
+        return args.lr
+    return args.lr * (1 - 0.9 * (step - decay_start) / max(1, args.steps - decay_start))
+
+
+def train(args) -> list[float]:
+    """Run (or resume) training; returns the loss of every step run in this call."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out, ckpt = Path(args.out), Path(args.out) / "checkpoint"
+    tokenizer = make_tokenizer()
+    config = model_config(args.preset, tokenizer.get_vocab_size())
+    model = LlavaForConditionalGeneration(config)
+    init_weights(model, args.seed)
+    processor = Processor(tokenizer, config.vision_config.image_size, config.vision_config.patch_size,
+                          config.image_token_index, config.num_visual_tokens)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.98))
+    settings = {k: getattr(args, k) for k in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr",
+                                               "warmup", "steps")}
+    if not args.resume and (ckpt / "state.json").is_file():
+        step = json.loads((ckpt / "state.json").read_text())["step"] + 1
+        raise ValueError(f"{ckpt} already holds a checkpoint (step {step}): pass --resume to continue it, "
+                         "or choose another --out")
+    start = load_checkpoint(ckpt, model, optimizer, settings) + 1 if args.resume else 0
+    params = sum(p.numel() for p in model.parameters())
+    print(f"train: {args.preset} model, {params / 1e6:.2f} M parameters, grid {config.vision_config.grid}x"
+          f"{config.vision_config.grid}, steps {start}..{args.steps - 1}, batch {args.batch} chats of <= {args.turns} "
+          f"questions, seed {args.seed}, {torch.get_num_threads()} threads", flush=True)
+    losses, t0, log = [], time.time(), out / "train_log.jsonl"
+    model.train()
+    for step in range(start, args.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args)
+        objects = objects_at(step, args.max_objects, args.curriculum)
+        loss = loss_on(model, *make_batch(processor, step, args.seed, args.batch, args.turns, objects))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            elapsed = time.time() - t0
+            eta = elapsed / (done - start) * (args.steps - done)
+            print(f"step {done}/{args.steps} | objects <= {objects} | loss {sum(losses[-args.log_every:]) / len(losses[-args.log_every:]):.4f} "
+                  f"| lr {learning_rate(step, args):.2e} | {elapsed / (done - start):.2f} s/step "
+                  f"| elapsed {_hms(elapsed)} | ETA {_hms(eta)}", flush=True)
+        if done % args.checkpoint_every == 0 or done == args.steps:
+            save_checkpoint(ckpt, model, optimizer, step, settings)
+            save_pretrained(model, tokenizer, out)
+            record = {"step": done, "loss": losses[-1], "elapsed_s": round(time.time() - t0, 1)}
+            if args.val:
+                model.eval()
+                record["val"] = validate(model, processor, args.val, args.seed)
+                model.train()
+                print(f"val at step {done} ({args.val} questions): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in record["val"].items()), flush=True)
+            with log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+    return losses
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder: the checkpoint load_pretrained reads, plus checkpoint/")
+    p.add_argument("--preset", default="shipped", choices=["shipped", "test"], help="model size")
+    p.add_argument("--steps", type=int, default=12000, help="total optimizer steps (default 12000)")
+    p.add_argument("--batch", type=int, default=8, help="chats (scenes) per step")
+    p.add_argument("--turns", type=int, default=4, help="questions per chat, before the optional caption")
+    p.add_argument("--max-objects", type=int, default=synthetic.MAX_OBJECTS, help="objects per training scene, at most")
+    p.add_argument("--curriculum", type=int, default=1000,
+                   help="steps per curriculum stage: at most 1 object a scene, then 2, ... (0: none)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--val", type=int, default=64, help="held-out questions answered at each checkpoint (0: none)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+
+
+def main(args) -> int:
+    if args.curriculum < 0:
+        raise ValueError(f"--curriculum must be 0 (none) or a number of steps, got {args.curriculum}")
+    for name in ("steps", "batch", "turns", "log_every", "checkpoint_every", "warmup"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 1 <= args.max_objects <= synthetic.MAX_OBJECTS:
+        raise ValueError(f"--max-objects must be between 1 and {synthetic.MAX_OBJECTS}, got {args.max_objects}")
+    train(args)
+    return 0

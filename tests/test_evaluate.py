@@ -1,0 +1,147 @@
+# python -m pytest -q tests/test_evaluate.py
+"""The eval command: its rows and keys, the RefCOCO-style JSONL loader and its errors, and the
+conversion of LLaVA's padded-square boxes back to image pixels. It runs on a model trained here
+for one step (the tiny 'test' preset: widths of 32, but the shipped model's 8 decoder layers and 12x12 grid), so it tests the command,
+not the shipped model's accuracy (tests/test_shipped.py does that)."""
+import argparse
+import json
+
+import pytest
+import torch
+
+from feather_mini import evaluate, synthetic, train
+from feather_mini.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A checkpoint folder from one training step of the 'test' preset."""
+    out = tmp_path_factory.mktemp("weights")
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    threads = torch.get_num_threads()
+    train.train(p.parse_args(["--out", str(out), "--preset", "test", "--steps", "1", "--batch", "1", "--val", "0"]))
+    torch.set_num_threads(threads)
+    return str(out)
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_jsonl(folder, records):
+    path = folder / "data.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture()
+def scene_png(tmp_path):
+    """Test example 0 (a localization question) saved as a PNG: (path, expression, box)."""
+    ex = synthetic.example("test", 0)
+    path = tmp_path / "scene0.png"
+    ex.scene.image().save(path)
+    expression = ex.question.question[len("Where is the "):-1]
+    return path, expression, list(ex.question.box)
+
+
+def test_eval_json_has_every_row_and_key(weights, capsys):
+    """`eval --limit 8 --json`: 15 rows (none, 6 criteria at 2 layers, pyramid_drop, feather) with exactly the six keys."""
+    code, out, err = run_cli(["eval", "--weights", weights, "--limit", "8", "--json", "--max-new-tokens", "2"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["method"], r["layer"]) for r in rows] == [
+        ("none", []), ("fastv", [1]), ("fastv", [2]), ("fastv_norope", [1]), ("fastv_norope", [2]),
+        ("knn", [1]), ("knn", [2]), ("uniform", [1]), ("uniform", [2]), ("ensemble", [1]), ("ensemble", [2]),
+        ("random", [1]), ("random", [2]), ("pyramid_drop", [2, 4, 6]), ("feather", [2, 4])]
+    for r in rows:
+        assert tuple(r) == evaluate.KEYS
+        for key in ("flops_reduction", "loc_acc", "other_acc"):
+            assert 0 <= r[key] <= 1, (r, key)
+        assert (r["bottom_share"] is None) == (r["method"] == "none")
+    assert rows[0]["flops_reduction"] == 0
+    assert [r["bottom_share"] for r in rows if r["method"] == "uniform"] == [0.5, 0.5]  # stride 2: rows 0, 2, .., 10
+    assert "eval: row 15/15 feather (layers 2,4): 8/8" in err
+
+
+def test_eval_table_and_fastv_row_histogram(weights, capsys):
+    """The printed table has a header and one line per row; FastV's kept tokens are drawn row by row.
+
+    FLOPs by FastV's formula 4nd^2 + 2n^2d + 2ndm with d = 32, m = 64: F(n) = 8192 n + 64 n^2.
+    Test question 0 has 8 text tokens, so n = 152 unpruned and 8 + 36 = 44 after FastV. At layer 1:
+    1 - (F(152) + 7 F(44)) / (8 F(152)) = 71.9%; at layer 2: 1 - (2 F(152) + 6 F(44)) / (8 F(152)) = 61.7%."""
+    code, out, _ = run_cli(["eval", "--weights", weights, "--limit", "1", "--methods", "none,fastv",
+                            "--max-new-tokens", "2"], capsys)
+    assert code == 0
+    assert "| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | kept in bottom half % |" in out
+    assert "| none | - | 0.0 |" in out and "| fastv | 1 | 71.9 |" in out and "| fastv | 2 | 61.7 |" in out
+    assert "fastv at layer 1: where the kept visual tokens lie, by grid row (row 0 = top)" in out
+    assert out.count("\nrow ") == 12
+
+
+def test_unknown_method_and_bad_limit_exit_2(capsys):
+    """A typo in --methods or a zero --limit is one line naming the option, exit code 2."""
+    code, _, err = run_cli(["eval", "--methods", "none,fastvv"], capsys)
+    assert code == 2
+    assert "--methods: unknown method 'fastvv'" in err
+    code, _, err = run_cli(["eval", "--limit", "0"], capsys)
+    assert code == 2 and "--limit must be at least 1, got 0" in err
+
+
+def test_jsonl_loader_reads_a_tiny_file(scene_png, tmp_path):
+    """Paths are relative to the file; the expression goes into the template; the box stays in pixels."""
+    path, expression, box = scene_png
+    data = write_jsonl(tmp_path, [{"image": path.name, "expression": expression, "box": box}, ""])
+    (case,) = evaluate.jsonl_cases(data, "Where is the {expression}?")
+    assert case.question == synthetic.example("test", 0).question.question
+    assert case.box == tuple(box) and case.size == (96, 96) and case.task == "loc"
+
+
+def test_eval_on_jsonl_runs_and_reports_no_other_accuracy(weights, scene_png, tmp_path, capsys):
+    """`eval --data`: localization only, so other_acc is null."""
+    path, expression, box = scene_png
+    data = write_jsonl(tmp_path, [{"image": str(path), "expression": expression, "box": box}] * 2)
+    code, out, err = run_cli(["eval", "--weights", weights, "--data", str(data), "--methods", "none,feather", "--json",
+                            "--max-new-tokens", "2"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["method"] for r in rows] == ["none", "feather"]
+    assert all(r["other_acc"] is None and r["loc_acc"] in (0.0, 0.5, 1.0) for r in rows)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"image": "scene0.png", "expression": "red circle"}, "line 2: missing field 'box'"),
+    ({"image": "scene0.png", "expression": "red circle", "box": [10, 10, 120, 50]},
+     "line 2: box [10, 10, 120, 50] is not inside the 96x96 image"),
+    ({"image": "missing.png", "expression": "red circle", "box": [0, 0, 5, 5]},
+     "line 2: image file not found"),
+    ({"image": "notes.txt", "expression": "red circle", "box": [0, 0, 5, 5]}, "line 2: "),
+    ("{not json", "line 2: not valid JSON"),
+])
+def test_bad_jsonl_lines_name_the_line(scene_png, tmp_path, record, message):
+    """Missing field, box outside the image, missing or unreadable image, broken JSON: the error names line 2."""
+    path, expression, box = scene_png
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = write_jsonl(tmp_path, [{"image": path.name, "expression": expression, "box": box}, record])
+    with pytest.raises(ValueError) as e:
+        evaluate.jsonl_cases(data, "Where is the {expression}?")
+    assert f"{data}, {message}" in str(e.value)
+    if record == {"image": "notes.txt", "expression": "red circle", "box": [0, 0, 5, 5]}:
+        assert "not a readable image" in str(e.value)
+
+
+def test_bad_jsonl_through_the_cli_exits_2(tmp_path, capsys):
+    """The same errors reach the user as one line and exit code 2, no traceback."""
+    data = write_jsonl(tmp_path, [{"image": "x.png", "expression": "red circle"}])
+    code, _, err = run_cli(["eval", "--data", str(data)], capsys)
+    assert code == 2
+    assert err.strip() == f"feather-mini eval: error: {data}, line 1: missing field 'box' (each line needs image, expression, box)"
+    assert "Traceback" not in err
+
+
+def test_boxes_map_back_from_the_padded_square():
+    """LLaVA-1.5 boxes are relative to the image padded to a square: a 200x100 image is padded by 50 px above."""
+    assert evaluate.box_in_pixels((0.1, 0.3, 0.5, 0.7), (200, 100)) == pytest.approx((20, 10, 100, 90))
+    assert evaluate.box_in_pixels((0.25, 0.5, 0.75, 1.0), (96, 96)) == (24, 48, 72, 96)
