@@ -1,0 +1,44 @@
+"""The command line: `python -m feather_mini <command>` (or `feather-mini <command>`).
+
+Each command lives in its own module, which provides `add_arguments(parser)` and
+`main(args) -> int`; this file only dispatches. Errors a user can cause (a missing file,
+a bad value) are printed as one line and exit with code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> module; imported only when run, so `--help` and each command start fast.
+COMMANDS = {
+    "bench": ("feather_mini.bench", "time the prefill and decode with and without pruning (random weights)"),
+    "eval": ("feather_mini.evaluate", "Table 1 in miniature: accuracy of each pruning method on the test split"),
+    "train": ("feather_mini.train", "train the tiny LLaVA on synthetic scenes"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feather-mini", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, (module, summary) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        p.set_defaults(module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return importlib.import_module(args.module).main(args) or 0
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"feather-mini {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"feather-mini {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
