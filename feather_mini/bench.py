@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import inspect
 import io
 import json
@@ -43,7 +44,8 @@ METHODS = ["none", "fastv", "fastv_norope", "pyramid_drop", "feather"]
 SCALING_METHODS = ["none", "feather"]  # what runs at the grids other than the preset's own
 PRESETS = {  # name -> (its own grid side, decoder, vision tower); the image size follows the grid
     # LLaVA-1.5's token layout (14 px patches: 336 px for 24x24) with models a CPU runs in
-    # seconds: Vicuna-7B and CLIP ViT-L/14 at a quarter of their width and half their depth.
+    # seconds: Vicuna-7B at a quarter of its width (heads of 64 instead of 128; MLP 2.75 d, near
+    # Llama's 11008 / 4096) and half its depth; CLIP ViT-L/14 at a quarter width, half depth.
     "cpu": (24, TextConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16, num_attention_heads=16),
             VisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=12, num_attention_heads=4)),
     "llava-1.5-7b": (24, TextConfig(), VisionConfig()),  # the real sizes, for a GPU
@@ -90,11 +92,10 @@ def random_inputs(config: LlavaConfig, seed: int) -> Inputs:
     return Inputs(ids, torch.randn(1, 3, S, S, generator=g), TEXT_BEFORE, config.num_visual_tokens, (grid, grid))
 
 
-def schedule_for(method: str, num_layers: int) -> pruning.Schedule | None:
-    if method == "none":
-        return None
-    with contextlib.redirect_stdout(io.StringIO()):  # its scaling line: the report prints the schedule instead
-        return pruning.PRESETS[method](num_layers=num_layers)
+def schedules_for(methods: list[str], num_layers: int) -> dict[str, pruning.Schedule | None]:
+    """method -> its preset scaled to the decoder's depth; "none" -> None (no pruning)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # the presets' scaling lines: the report prints the schedules
+        return {m: None if m == "none" else pruning.PRESETS[m](num_layers=num_layers) for m in methods}
 
 
 def transformers_twin(model: LlavaForConditionalGeneration):
@@ -167,40 +168,49 @@ def run_ours(model, inputs, schedule, new_tokens: int, device) -> dict:
     timed = TimedSchedule(schedule, device) if schedule is not None else None
     cache = KVCache(model.config.text_config.num_hidden_layers)
     start = now(device)
-    out = model(inputs, cache, timed)
+    out = model(inputs, cache, timed, logits_to_keep=1)  # generation needs the last row's logits only
     prefill = now(device) - start
     kv_bytes, token = cache.nbytes(), out.logits[:, -1:].argmax(-1)
     start = now(device)
     for _ in range(new_tokens):
         token = model.decode_step(token, cache)[:, -1:].argmax(-1)
     return dict(prefill=prefill, decode=(now(device) - start) / new_tokens, criteria=timed.seconds if timed else 0.0,
-                kept=out.kept, kv_bytes=kv_bytes, last_logits=out.logits[0, -1].clone())  # not a view of all logits
+                kept=out.kept, kv_bytes=kv_bytes, last_logits=out.logits[0, -1])
 
 
 def run_theirs(hf, input_ids, pixel_values, new_tokens: int, device) -> dict:
     """The same in transformers: one forward with use_cache, then single-token forwards."""
-    kv = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"  # renamed in 5.x
+    kv = cache_argument(hf)
     start = now(device)
-    out = hf(input_ids=input_ids, pixel_values=pixel_values, use_cache=True)
+    out = hf(input_ids=input_ids, pixel_values=pixel_values, use_cache=True, logits_to_keep=1)
     prefill = now(device) - start
     cache, token = getattr(out, kv), out.logits[:, -1:].argmax(-1)
     start = now(device)
     for _ in range(new_tokens):
         token = hf(input_ids=token, use_cache=True, **{kv: cache}).logits[:, -1:].argmax(-1)
-    return dict(prefill=prefill, decode=(now(device) - start) / new_tokens, last_logits=out.logits[0, -1].clone())
+    return dict(prefill=prefill, decode=(now(device) - start) / new_tokens, last_logits=out.logits[0, -1])
 
 
-def peak_bytes(fn, device: torch.device) -> int:
+@functools.cache
+def cache_argument(hf) -> str:
+    """The name of transformers' KV-cache argument: renamed during 5.x."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def peak_bytes(fn, device: torch.device) -> int | None:
     """Most memory held at once by tensors allocated while fn runs, beyond what was held before
     (the weights, the inputs). CUDA: the allocator's statistics. CPU: the running sum of the
     allocations and frees torch's profiler records from torch's CPU allocator (memory that a
-    library such as oneDNN allocates by itself is not seen)."""
+    library such as oneDNN allocates by itself is not seen). MPS: None (not measured)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         fn()
         return torch.cuda.max_memory_allocated(device) - before
+    if device.type != "cpu":
+        fn()  # still the warm-up
+        return None
     cpu = [torch.profiler.ProfilerActivity.CPU]
     with hidden_stderr(), torch.profiler.profile(activities=cpu, profile_memory=True) as prof:
         fn()
@@ -229,11 +239,13 @@ def hidden_stderr():
 # One grid: every method (and transformers) once per round
 
 
-def bench_grid(args, grid: int, methods: list[str], reference: bool, device, dtype) -> dict:
+def bench_grid(args, grid: int, schedules: dict, reference: bool, device, dtype) -> dict:
+    """schedules: method -> Schedule (None for the baseline, "none")."""
     config = llava_config(args.preset, grid, args.new_tokens)
     text, N = config.text_config, config.num_visual_tokens
     model, inputs = random_model(config, device, dtype, args.seed), random_inputs(config, args.seed)
     pixels = inputs.pixel_values.to(device, dtype)
+    inputs = replace(inputs, input_ids=inputs.input_ids.to(device), pixel_values=pixels)  # no copy inside the timing
     with torch.inference_mode(), contextlib.ExitStack() as stack:
         tower = []
         for _ in range(args.runs + 1):  # the first is a warm-up
@@ -241,19 +253,26 @@ def bench_grid(args, grid: int, methods: list[str], reference: bool, device, dty
             features = model.vision_tower(pixels, config.vision_feature_layer)
             tower.append(now(device) - start)
         stack.enter_context(cached_output(model.vision_tower, features))
-        contenders = {m: functools.partial(run_ours, model, inputs, schedule_for(m, text.num_hidden_layers),
-                                           args.new_tokens, device) for m in methods}
+        contenders = {m: functools.partial(run_ours, model, inputs, schedule, args.new_tokens, device)
+                      for m, schedule in schedules.items()}
         if reference:
             hf = transformers_twin(model)
             stack.enter_context(cached_output(hf.model.vision_tower,
                                               hf.model.vision_tower(pixels, output_hidden_states=True)))
-            contenders["transformers"] = functools.partial(run_theirs, hf, inputs.input_ids.to(device), pixels,
+            contenders["transformers"] = functools.partial(run_theirs, hf, inputs.input_ids, pixels,
                                                            args.new_tokens, device)
-        peak = {name: peak_bytes(run, device) / 2 ** 20 for name, run in contenders.items()}  # the warm-up round
+        peak = {name: peak_bytes(run, device) for name, run in contenders.items()}  # the warm-up round
         samples = {name: [] for name in contenders}
-        for _ in range(args.runs):
-            for name, run in contenders.items():
-                samples[name].append(run())
+        names = list(contenders)
+        for i in range(args.runs):
+            for name in names[i % len(names):] + names[:i % len(names)]:  # each round starts one further on
+                samples[name].append(contenders[name]())
+    del model, contenders, features, stack  # before the next grid builds its model (a 7B one needs the room)
+    if reference:
+        del hf
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     def ms(name: str, key: str) -> float:
         return 1000 * statistics.median(s[key] for s in samples[name])
@@ -266,27 +285,26 @@ def bench_grid(args, grid: int, methods: list[str], reference: bool, device, dty
     sizes = dict(num_visual=N, num_text=inputs.input_ids.shape[1] - N, num_layers=text.num_hidden_layers,
                  hidden=text.hidden_size)
     rows = []
-    for m in methods:
+    mb = lambda nbytes: None if nbytes is None else nbytes / 2 ** 20  # noqa: E731
+    for m in schedules:
         last = samples[m][-1]
         reduction = pruning.flops_reduction(last["kept"], **sizes, mlp=text.intermediate_size)
-        # The same count with SwiGLU's three d x m matrices (2nd * 1.5m = 3ndm), for comparison.
-        reduction_3 = pruning.flops_reduction(last["kept"], **sizes, mlp=1.5 * text.intermediate_size)
         speedup = ratio("none", m, "prefill")
         rows.append(dict(
             method=m, grid=grid, visual_tokens=N, text_tokens=sizes["num_text"],
             kept={layer: len(idx) for layer, idx in last["kept"].items()}, flops_reduction=reduction,
-            ideal_speedup=1 / (1 - reduction), ideal_speedup_3_matrix_mlp=1 / (1 - reduction_3),
+            ideal_speedup=1 / (1 - reduction),
             measured_speedup=speedup, efficiency=speedup * (1 - reduction),
             criteria_ms=ms(m, "criteria"), criteria_share=statistics.median(s["criteria"] / s["prefill"] for s in samples[m]),
             prefill_ms=ms(m, "prefill"), decode_ms_per_token=ms(m, "decode"),
-            kv_cache_mb=last["kv_bytes"] / 2 ** 20, peak_mb=peak[m]))
+            kv_cache_mb=last["kv_bytes"] / 2 ** 20, peak_mb=mb(peak[m])))
     result = dict(grid=grid, visual_tokens=N, vision_tower_ms=1000 * statistics.median(tower[1:]), rows=rows)
     if reference:
         ours, theirs = samples["none"][-1]["last_logits"], samples["transformers"][-1]["last_logits"]
         result["reference"] = dict(
             library=f"transformers {transformers_version()}", attention="sdpa", grid=grid,
             prefill_ms=ms("transformers", "prefill"), decode_ms_per_token=ms("transformers", "decode"),
-            peak_mb=peak["transformers"], prefill_ours_over_theirs=ratio("none", "transformers", "prefill"),
+            peak_mb=mb(peak["transformers"]), prefill_ours_over_theirs=ratio("none", "transformers", "prefill"),
             decode_ours_over_theirs=ratio("none", "transformers", "decode"),
             max_logit_diff=(ours.float() - theirs.float()).abs().max().item())
     return result
@@ -317,7 +335,7 @@ def format_row(r: dict) -> str:
         " ".join(f"L{layer}:{n}" for layer, n in r["kept"].items()) or "-", f"{100 * r['flops_reduction']:.1f}%",
         f"{r['ideal_speedup']:.2f}x", f"{r['measured_speedup']:.2f}x", f"{r['efficiency']:.2f}",
         f"{100 * r['criteria_share']:.2f}", f"{r['prefill_ms']:.1f}", f"{r['decode_ms_per_token']:.1f}",
-        f"{r['kv_cache_mb']:.1f}", f"{r['peak_mb']:.0f}"])
+        f"{r['kv_cache_mb']:.1f}", "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"])
 
 
 def print_report(results: list[dict], reference_note: str) -> None:
@@ -329,7 +347,7 @@ def print_report(results: list[dict], reference_note: str) -> None:
     for ref in (r["reference"] for r in results if "reference" in r):
         print(f"reference: {ref['library']} ({ref['attention']}), same weights, {ref['grid']}x{ref['grid']}: "
               f"prefill {ref['prefill_ms']:.1f} ms, decode {ref['decode_ms_per_token']:.1f} ms/token, peak "
-              f"{ref['peak_mb']:.0f} MB; ours / theirs: prefill {ref['prefill_ours_over_theirs']:.3f}, decode "
+              f"{'-' if ref['peak_mb'] is None else round(ref['peak_mb'])} MB; ours / theirs: prefill {ref['prefill_ours_over_theirs']:.3f}, decode "
               f"{ref['decode_ours_over_theirs']:.3f} (last-token logits differ by {ref['max_logit_diff']:.1e})")
     if reference_note:
         print(f"reference: {reference_note}")
@@ -346,7 +364,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=32, help="decode steps timed after each prefill (default 32)")
     p.add_argument("--methods", default=",".join(METHODS[1:]),
                    help=f"comma subset of {','.join(METHODS[1:])} (default: all); none, the baseline, always runs")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, float16 on GPUs)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
@@ -377,14 +395,18 @@ def main(args) -> int:
         raise ValueError(f"--json {args.json}: its folder does not exist")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    if args.preset == "llava-1.5-7b" and device.type == "cpu":
+        raise ValueError("--preset llava-1.5-7b is LLaVA-1.5-7B's real size (7 B parameters, 28 GB in float32, "
+                         "twice that with the transformers reference): run it with --device cuda")
     main_grid = own_grid if own_grid in grids else grids[0]  # where every method, and the reference, runs
     plan = {g: [m for m in METHODS if m == "none" or (m in chosen and (g == main_grid or m in SCALING_METHODS))]
             for g in grids}
     L = text.num_hidden_layers
+    schedules = schedules_for(plan[main_grid], L)  # the main grid runs every method
     for g in grids:  # a schedule the grid cannot hold fails now, not minutes in
         for m in plan[g][1:]:
             try:
-                schedule_for(m, L).check(L, g * g, (g, g))
+                schedules[m].check(L, g * g, (g, g))
             except ValueError as e:
                 raise ValueError(f"--grid {g}: {e}") from None
     reference_note = ("skipped (--no-reference)" if args.no_reference else
@@ -400,18 +422,19 @@ def main(args) -> int:
           f"vision tower: d {vision.hidden_size}, {vision.num_hidden_layers} layers, {vision.patch_size} px patches; "
           f"text tokens: {TEXT_BEFORE} + {TEXT_AFTER}; {args.new_tokens} new tokens")
     for m in plan[main_grid][1:]:
-        print(f"  {schedule_for(m, L)}")
-    results = []
+        print(f"  {schedules[m]}")
+    results, start = [], time.perf_counter()
     for g in grids:
         reference = g == main_grid and not reference_note
         print(f"timing {g}x{g} ({g * g} visual tokens): {', '.join(plan[g])}{', transformers' if reference else ''}",
               flush=True)
-        results.append(bench_grid(args, g, plan[g], reference, device, dtype))
+        results.append(bench_grid(args, g, {m: schedules[m] for m in plan[g]}, reference, device, dtype))
     print_report(results, reference_note)
+    print(f"bench took {time.perf_counter() - start:.0f} s")
     if args.json:
         settings = dict(preset=args.preset, grids=grids, runs=args.runs, new_tokens=args.new_tokens, seed=args.seed,
                         text_tokens=[TEXT_BEFORE, TEXT_AFTER], text_config=asdict(text), vision_config=asdict(vision),
-                        schedules={m: str(schedule_for(m, L)) for m in plan[main_grid][1:]}, footer=FOOTER)
+                        schedules={m: str(schedules[m]) for m in plan[main_grid][1:]}, footer=FOOTER)
         with open(args.json, "w") as f:
             json.dump(dict(machine=machine, settings=settings, results=results), f, indent=1)
         print(f"wrote {args.json}")

@@ -403,10 +403,13 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                pruner=None) -> torch.Tensor:
+                pruner=None, logits_to_keep: int = 0) -> torch.Tensor:
         """pruner (prefill only; see pruning.Pruner): `layers`, the set of layers before which
         visual tokens are dropped, and `select(K, q, k, positions)` -> the rows that layers
-        K.. will see, decided from layer K-1's q and k (B, heads, T, hs) before RoPE."""
+        K.. will see, decided from layer K-1's q and k (B, heads, T, hs) before RoPE.
+        logits_to_keep: 0 for every row's logits, k for the last k rows' only (as transformers'
+        argument of that name): generation needs one row, and the lm_head over a 32k vocabulary
+        costs as much as a few decoder layers when applied to every row."""
         # cos/sin depend only on the positions: computed once, shared by every layer.
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
@@ -420,7 +423,7 @@ class LlamaForCausalLM(nn.Module):
             if rows is not None:
                 # Later layers see only these rows (text and kept visual tokens), at their ORIGINAL positions.
                 x, positions, cos, sin = x[:, rows], positions[:, rows], cos[:, rows], sin[:, rows]
-        return self.lm_head(self.model.norm(x))
+        return self.lm_head(self.model.norm(x[:, -logits_to_keep:]))
 
 # -----------------------------------------------------------------------------
 # KV cache
@@ -541,14 +544,17 @@ class LlavaForConditionalGeneration(nn.Module):
         if len(cache.keys) != layers:
             raise ValueError(f"KVCache has {len(cache.keys)} layers; the model has {layers}")
 
-    def forward(self, inputs, cache: KVCache | None = None, schedule=None) -> Prefill:
+    def forward(self, inputs, cache: KVCache | None = None, schedule=None, logits_to_keep: int = 0) -> Prefill:
         """Prefill: full-sequence logits (B, T', vocab), float32, and the visual tokens kept.
 
         `inputs` is what the processor returns (anything with input_ids (B, T) and
         pixel_values (B, 3, S, S)). With a cache, it must be empty; it is filled.
         schedule (a pruning.Schedule, one sequence only): drops visual tokens before its stage
         layers; T' = T - dropped tokens, since the logits come from the last layer's rows.
+        logits_to_keep=k > 0: only the last k rows' logits, (B, k, vocab).
         """
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be 0 (every row) or a positive count, got {logits_to_keep}")
         input_ids = inputs.input_ids.to(self.device)
         pixel_values = inputs.pixel_values.to(self.device, self.dtype)
         if cache is not None:
@@ -574,7 +580,7 @@ class LlavaForConditionalGeneration(nn.Module):
             pruner.patch_features = features[0]
         positions = torch.arange(T, device=self.device).expand(B, T)
         h = self.embed(input_ids, self.multi_modal_projector(features))
-        logits = self.language_model(h, positions, cache, pruner)
+        logits = self.language_model(h, positions, cache, pruner, logits_to_keep)
         if cache is not None:
             cache.length = T
         return Prefill(logits.float(), pruner.kept if pruner is not None else {})
@@ -605,7 +611,7 @@ class LlavaForConditionalGeneration(nn.Module):
         eos = self.config.text_config.eos_token_id
         eos = set(eos) if isinstance(eos, list) else {eos}
         cache = KVCache(self.config.text_config.num_hidden_layers)
-        prefill = self(inputs, cache, schedule)
+        prefill = self(inputs, cache, schedule, logits_to_keep=1)
         logits = prefill.logits[:, -1]
         new = []
         while True:

@@ -12,7 +12,7 @@ from feather_mini import bench, pruning
 from feather_mini.__main__ import main
 
 ROW_FIELDS = {"method", "grid", "visual_tokens", "text_tokens", "kept", "flops_reduction", "ideal_speedup",
-              "ideal_speedup_3_matrix_mlp", "measured_speedup", "efficiency", "criteria_ms", "criteria_share",
+              "measured_speedup", "efficiency", "criteria_ms", "criteria_share",
               "prefill_ms", "decode_ms_per_token", "kv_cache_mb", "peak_mb"}
 REFERENCE_FIELDS = {"library", "attention", "grid", "prefill_ms", "decode_ms_per_token", "peak_mb",
                     "prefill_ours_over_theirs", "decode_ours_over_theirs", "max_logit_diff"}
@@ -71,11 +71,16 @@ def test_counts_on_paper(tiny_run):
     assert rows["fastv"]["kept"] == {"1": 36}  # 25% of 144 before layer 3 * 4/32 -> 1
     assert rows["pyramid_drop"]["kept"] == {"1": 72, "2": 36, "3": 18}
     assert rows["none"]["kept"] == {} and rows["none"]["flops_reduction"] == 0 and rows["none"]["ideal_speedup"] == 1
-    sizes = dict(num_visual=144, num_text=40, num_layers=4, hidden=64, mlp=128)
-    assert rows["fastv"]["flops_reduction"] == pytest.approx(pruning.flops_reduction({1: 36}, **sizes))
+    # Per layer 4nd^2 + 2n^2d + 2ndm with d 64, m 128: n = 184 gives 10362880, n = 40 + 36 = 76 gives 3229696.
+    unpruned, pruned = 4 * 10362880, 10362880 + 3 * 3229696
+    assert (unpruned, pruned) == (41451520, 20051968)
+    assert rows["fastv"]["flops_reduction"] == pytest.approx(1 - pruned / unpruned)  # 0.516
+    assert rows["fastv"]["ideal_speedup"] == pytest.approx(unpruned / pruned)  # 2.07
     # K and V, 64 floats each per token and layer: layer 0 holds 184 tokens, layers 1-3 the 40 text + 36 kept.
     assert rows["none"]["kv_cache_mb"] * 2 ** 20 == 4 * 184 * 2 * 64 * 4
     assert rows["fastv"]["kv_cache_mb"] * 2 ** 20 == (184 + 3 * 76) * 2 * 64 * 4
+    assert rows["pyramid_drop"]["kv_cache_mb"] * 2 ** 20 == (184 + 112 + 76 + 58) * 2 * 64 * 4  # 220160 bytes
+    assert rows["none"]["criteria_share"] == 0 and all(rows[m]["criteria_share"] > 0 for m in rows if m != "none")
     for row in rows.values():
         assert row["efficiency"] == pytest.approx(row["measured_speedup"] / row["ideal_speedup"])
         assert row["peak_mb"] > 0 and row["prefill_ms"] > 0 and row["decode_ms_per_token"] > 0
@@ -84,8 +89,9 @@ def test_counts_on_paper(tiny_run):
 def test_reference_runs_the_same_weights(tiny_run):
     """transformers, loaded with our tensors, gives the unpruned prefill's last-token logits."""
     _, report = tiny_run
-    diff = report["results"][1]["reference"]["max_logit_diff"]
-    assert diff <= 1e-4, f"last-token logits differ by {diff:.2e}"
+    reference = report["results"][1]["reference"]
+    assert reference["max_logit_diff"] <= 1e-4, f"last-token logits differ by {reference['max_logit_diff']:.2e}"
+    assert reference["prefill_ours_over_theirs"] > 0 and reference["decode_ours_over_theirs"] > 0
 
 
 def test_table_is_printed(tiny_run):
@@ -117,8 +123,9 @@ def test_no_reference_says_so():
     (["--methods", "fastv,fast"], "--methods 'fastv,fast': expected a comma subset of"),
     (["--runs", "0"], "--runs must be at least 1, got 0"),
     (["--threads", "-1"], "--threads must be at least 0, got -1"),
-    (["--grid", "2"], "--grid 2: schedule 'pyramid_drop'"),
-    (["--json", "no/such/folder/bench.json"], "--json no/such/folder/bench.json: its folder does not exist"),  # 4 visual tokens cannot be pruned three times
+    (["--grid", "2"], "--grid 2: schedule 'pyramid_drop'"),  # 4 visual tokens cannot be pruned three times
+    (["--json", "no/such/folder/bench.json"], "--json no/such/folder/bench.json: its folder does not exist"),
+    (["--preset", "llava-1.5-7b"], "--preset llava-1.5-7b is LLaVA-1.5-7B's real size"),
 ])
 def test_bad_options_are_one_line_errors(options, message, capsys):
     """A bad value is exit code 2 and one line naming the option, before any model is built."""
@@ -132,7 +139,7 @@ def test_timed_schedule_keeps_what_the_schedule_keeps():
     """Timing the criteria through TimedSchedule changes neither the kept tokens nor the logits."""
     config = bench.llava_config("tiny", 12, new_tokens=1)
     model, inputs = bench.random_model(config, torch.device("cpu"), torch.float32, 0), bench.random_inputs(config, 0)
-    schedule = bench.schedule_for("feather", config.text_config.num_hidden_layers)
+    schedule = bench.schedules_for(["feather"], config.text_config.num_hidden_layers)["feather"]
     timed = bench.TimedSchedule(schedule, torch.device("cpu"))
     with torch.inference_mode():
         plain, through_timer = model(inputs, schedule=schedule), model(inputs, schedule=timed)
@@ -149,3 +156,19 @@ def test_cached_output_restores_the_module():
     with bench.cached_output(model.vision_tower, cached):
         assert model.vision_tower(inputs.pixel_values, -2) is cached
     assert not torch.equal(model.vision_tower(inputs.pixel_values, -2), cached)
+
+
+def test_peak_bytes_sees_one_allocation():
+    """CPU peak memory, read from torch's profiler: one 1 MiB tensor is 2**20 bytes (guards the private API it reads)."""
+    assert bench.peak_bytes(lambda: torch.empty(2 ** 20, dtype=torch.uint8), torch.device("cpu")) == 2 ** 20
+
+
+def test_prefill_can_return_the_last_logits_only():
+    """logits_to_keep=1 (what generation and the benchmark use) gives the last row of the full logits, to float32 rounding."""
+    config = bench.llava_config("tiny", 8, new_tokens=1)
+    model, inputs = bench.random_model(config, torch.device("cpu"), torch.float32, 0), bench.random_inputs(config, 0)
+    with torch.inference_mode():
+        full, last = model(inputs).logits, model(inputs, logits_to_keep=1).logits
+    assert full.shape == (1, 104, config.text_config.vocab_size) and last.shape == (1, 1, config.text_config.vocab_size)
+    diff = (last - full[:, -1:]).abs().max().item()  # not bit-equal: a one-row matmul takes another kernel
+    assert diff <= 1e-5, f"last-row logits differ by {diff:.2e}"
