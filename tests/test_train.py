@@ -15,7 +15,7 @@ from feather_mini import synthetic, train
 
 def parse(out, *options):
     """train's command line on the tiny preset: 2 chats of <= 2 questions per step, no validation.
-    --warmup 3 keeps steps 0..2 in the warm-up, where lr = 2e-3 * (step + 1) / 3 whatever --steps is."""
+    --warmup 3 keeps steps 0..2 in the warm-up, where lr = 5e-4 * (step + 1) / 3 whatever --steps is."""
     p = argparse.ArgumentParser()
     train.add_arguments(p)
     return p.parse_args(["--out", str(out), "--preset", "test", "--batch", "2", "--turns", "2", "--warmup", "3",
@@ -129,7 +129,7 @@ def test_output_folder_layout(run3):
     meta = json.loads((out / "checkpoint" / "state.json").read_text())
     assert meta["step"] == 2  # the last step done, counted from 0
     assert {k: meta["args"][k] for k in ("preset", "seed", "batch", "turns", "lr", "steps")} == {
-        "preset": "test", "seed": 0, "batch": 2, "turns": 2, "lr": 0.002, "steps": 3}
+        "preset": "test", "seed": 0, "batch": 2, "turns": 2, "lr": 0.0005, "steps": 3}
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in log] == [(3, losses[2])]
 
