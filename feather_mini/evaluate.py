@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -87,7 +86,8 @@ def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> li
             if key not in record:
                 raise ValueError(f"{where}: missing field {key!r} (each line needs image, expression, box)")
         box = record["box"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
             raise ValueError(f"{where}: box must be 4 numbers [x1, y1, x2, y2] in pixels, got {box!r}")
         image_path = Path(record["image"])
         if not image_path.is_absolute():
@@ -109,21 +109,20 @@ def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> li
     return cases
 
 
-def box_in_pixels(box, size: tuple[int, int]) -> tuple[float, ...]:
-    """A normalized box as LLaVA-1.5 predicts it (relative to the image padded to a square, see
-    processing.expand_to_square) -> pixels of the original image."""
+def box_in_square(box, size: tuple[int, int]) -> tuple[float, ...]:
+    """A box in pixels of a (width, height) image -> normalized to the image padded to a square
+    (processing.expand_to_square), the frame LLaVA-1.5 answers boxes in."""
     w, h = size
     side = max(w, h)
     dx, dy = (side - w) // 2, (side - h) // 2
-    x1, y1, x2, y2 = (v * side for v in box)
-    return x1 - dx, y1 - dy, x2 - dx, y2 - dy
+    x1, y1, x2, y2 = box
+    return (x1 + dx) / side, (y1 + dy) / side, (x2 + dx) / side, (y2 + dy) / side
 
 
 def correct(case: Case, answer: str) -> bool:
     if case.task == "loc":
-        box = synthetic.parse_box(answer)
-        return box is not None and synthetic.iou(box_in_pixels(box, case.size), case.box) >= 0.5
-    return answer.strip().rstrip(".").lower() == case.answer.lower()
+        return synthetic.box_correct(answer, box_in_square(case.box, case.size))
+    return synthetic.word_correct(answer, case.answer)
 
 # -----------------------------------------------------------------------------
 # Methods -> schedules, and one row of the table
@@ -159,19 +158,26 @@ def evaluate(model, processor, cases: list[Case], method: str, schedule, progres
         (loc if case.task == "loc" else other).append(correct(case, out.text))
         if out.kept:
             first = out.kept[min(out.kept)]  # original indices kept at the first stage
-            per_row += torch.bincount(first // cols, minlength=rows)
+            cls = inputs.visual_len - rows * cols  # 1 with vision_feature_select_strategy "full": CLS first
+            per_row += torch.bincount((first[first >= cls] - cls) // cols, minlength=rows)
         num_text = inputs.input_ids.shape[1] - inputs.visual_len
         reduction += pruning.flops_reduction(out.kept, inputs.visual_len, num_text, cfg.num_hidden_layers,
                                              cfg.hidden_size, cfg.intermediate_size)
         if progress:
             progress(i + 1)
     mean = lambda hits: sum(hits) / len(hits) if hits else None  # noqa: E731
-    kept = per_row.sum().item()
-    bottom = per_row[math.ceil(rows / 2):].sum().item()  # an odd grid's middle row counts as neither half
     row = {"method": method, "layer": [s.layer for s in schedule.stages] if schedule is not None else [],
            "flops_reduction": reduction / len(cases), "loc_acc": mean(loc), "other_acc": mean(other),
-           "bottom_share": bottom / kept if kept else None}
+           "bottom_share": bottom_share(per_row.tolist())}
     return row, per_row.tolist()
+
+
+def bottom_share(per_row: list[int]) -> float | None:
+    """Kept visual tokens in the bottom half of the grid / those in either half (an odd grid's
+    middle row belongs to neither), so an even spread gives 0.5; None when nothing was kept."""
+    half = len(per_row) // 2
+    top, bottom = sum(per_row[:half]), sum(per_row[len(per_row) - half:])
+    return bottom / (top + bottom) if top + bottom else None
 
 
 def reseeded(schedule, seed: int):
@@ -192,7 +198,7 @@ def row_histogram(per_row: list[int], width: int = 40) -> str:
 def table(rows: list[dict]) -> str:
     """The rows as a Markdown table; fractions as percentages."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | kept in bottom half % |",
+    lines = ["| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | first stage kept in bottom half % |",
              "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         layer = ",".join(map(str, r["layer"])) or "-"
@@ -206,7 +212,8 @@ def table(rows: list[dict]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="checkpoint folder (default: the shipped model)")
-    p.add_argument("--limit", type=int, default=400, help="questions to evaluate (default: the whole test split, 400)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="questions to evaluate (default: all: the 400 of the test split, or every --data line)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--data", help="a RefCOCO-style JSONL file (image, expression, box in pixels) instead of the test split")
     p.add_argument("--template", default="Where is the {expression}?",
@@ -225,11 +232,16 @@ def main(args) -> int:
         raise ValueError(f"--methods: unknown method {unknown[0] if unknown else '(none given)'!r}; "
                          f"expected a comma-separated subset of {', '.join(METHODS)}")
     for name in ("limit", "max_new_tokens"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if "{expression}" not in args.template:
-        raise ValueError(f"--template must contain {{expression}}, got {args.template!r}")
-    cases = jsonl_cases(args.data, args.template, args.limit) if args.data else synthetic_cases(args.limit)
+    try:
+        filled = args.template.format(expression="")
+    except (KeyError, IndexError, ValueError):  # another {field}, or a stray brace
+        filled = None
+    if "{expression}" not in args.template or filled is None:
+        raise ValueError(f"--template must contain {{expression}} and no other braces, got {args.template!r}")
+    cases = (jsonl_cases(args.data, args.template, args.limit) if args.data else
+             synthetic_cases(args.limit or synthetic.TEST_SIZE))
     model, processor = load_pretrained(args.weights, args.device, args.dtype)
     rows_to_run = schedules(methods, model.config.text_config.num_hidden_layers)
     rows, histograms = [], {}
@@ -246,7 +258,7 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        source = args.data or f"synthetic test split, {len(cases)} questions"
+        source = f"{args.data}, {len(cases)} expressions" if args.data else f"synthetic test split, {len(cases)} questions"
         print(f"{args.weights} on {source}; layers are this model's ({model.config.text_config.num_hidden_layers}"
               f" decoder layers); pruning after layer 0 is 'layer 1'")
         print(table(rows))

@@ -94,10 +94,16 @@ def format_box(box: Box, size: int = IMAGE_SIZE) -> str:
     return "[" + ", ".join(f"{v / size:.2f}" for v in box) + "]"
 
 
+NUMBER = r"(-?\d*\.?\d+)"
+BRACKETED = re.compile(r"\[\s*" + r"\s*,\s*".join([NUMBER] * 4) + r"\s*\]")
+
+
 def parse_box(text: str) -> tuple[float, float, float, float] | None:
-    """The first four numbers of an answer as a normalized box; None when there are fewer."""
-    numbers = re.findall(r"\d+(?:\.\d+)?", text)
-    return tuple(float(n) for n in numbers[:4]) if len(numbers) >= 4 else None
+    """A normalized box from an answer: the first "[x1, y1, x2, y2]" group, else the first four
+    numbers; None when there are fewer. ("I see 2 circles: [0.25, ...]" is read from the brackets.)"""
+    match = BRACKETED.search(text)
+    numbers = match.groups() if match else re.findall(NUMBER, text)[:4]
+    return tuple(float(n) for n in numbers) if len(numbers) == 4 else None
 
 
 def iou(a, b) -> float:
@@ -110,16 +116,25 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def box_correct(answer: str, target: Box, size: int = IMAGE_SIZE) -> bool:
-    """Acc@0.5: the predicted box (normalized) overlaps the target (pixels) with IoU >= 0.5."""
+def box_correct(answer: str, target) -> bool:
+    """Acc@0.5: IoU >= 0.5 between the predicted box and the target, both normalized, the target
+    rounded to the answer format's two decimals: the reference answer then scores IoU 1, and the
+    rounding cannot tip a box that sits exactly at 0.5 either way. (The 1e-9: two-decimal values
+    are not exact in binary, so an IoU of exactly 0.5 can come out as 0.49999999999999994.)"""
     box = parse_box(answer)
-    return box is not None and iou([v * size for v in box], target) >= 0.5
+    return box is not None and iou(box, [round(v, 2) for v in target]) >= 0.5 - 1e-9
+
+
+def word_correct(answer: str, expected: str) -> bool:
+    """A one-word answer: equal ignoring case, surrounding spaces and a final period."""
+    return answer.strip().rstrip(".").lower() == expected.lower()
+
 
 def answer_correct(question: Question, answer: str, size: int = IMAGE_SIZE) -> bool:
-    """Acc@0.5 for a box; otherwise the answer word, ignoring case and a final period."""
+    """Acc@0.5 for a box; otherwise the answer word."""
     if question.task == "loc":
-        return box_correct(answer, question.box, size)
-    return answer.strip().rstrip(".").lower() == question.answer.lower()
+        return box_correct(answer, [v / size for v in question.box])
+    return word_correct(answer, question.answer)
 
 # -----------------------------------------------------------------------------
 # Scenes and questions
@@ -193,7 +208,10 @@ def example(split: str, index: int, seed: int = 0, task: str | None = None) -> E
             return Example(scene, question)
 
 
-def test_split(n: int = 400, seed: int = 0) -> list[Example]:
+TEST_SIZE = 400  # questions in the test split: 200 localization, 200 colour/count/exist
+
+
+def test_split(n: int = TEST_SIZE, seed: int = 0) -> list[Example]:
     """The fixed evaluation set: half localization, half colour/count/exist."""
     return [example("test", i, seed) for i in range(n)]
 

@@ -220,6 +220,12 @@ def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
         if meta["args"].get(key) != args.get(key):
             raise ValueError(f"--resume: {folder} was trained with {key}={meta['args'].get(key)!r}, "
                              f"this run asks for {key}={args.get(key)!r}")
+    # --steps may change only while every step done so far had a learning rate that does not
+    # depend on it: in the warm-up, or before the decay of both the old and the new --steps.
+    old_steps, done = meta["args"]["steps"], meta["step"] + 1
+    if args["steps"] != old_steps and done > max(args["warmup"], int(0.8 * min(old_steps, args["steps"]))):
+        raise ValueError(f"--resume: {folder} is at step {done}, past the start of the learning-rate decay of "
+                         f"--steps {min(old_steps, args['steps'])}; resume it with --steps {old_steps}")
     tensors = load_file(str(tensor_file))
     model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
     state = optimizer.state_dict()

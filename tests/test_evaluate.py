@@ -1,6 +1,6 @@
 # python -m pytest -q tests/test_evaluate.py
 """The eval command: its rows and keys, the RefCOCO-style JSONL loader and its errors, and the
-conversion of LLaVA's padded-square boxes back to image pixels. It runs on a model trained here
+conversion of boxes into LLaVA's padded square. It runs on a model trained here
 for one step (the tiny 'test' preset: widths of 32, but the shipped model's 8 decoder layers and 12x12 grid), so it tests the command,
 not the shipped model's accuracy (tests/test_shipped.py does that)."""
 import argparse
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from feather_mini import evaluate, synthetic, train
+from feather_mini import evaluate, pruning, synthetic, train
 from feather_mini.__main__ import main
 
 
@@ -75,7 +75,7 @@ def test_eval_table_and_fastv_row_histogram(weights, capsys):
     code, out, _ = run_cli(["eval", "--weights", weights, "--limit", "1", "--methods", "none,fastv",
                             "--max-new-tokens", "2"], capsys)
     assert code == 0
-    assert "| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | kept in bottom half % |" in out
+    assert "| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | first stage kept in bottom half % |" in out
     assert "| none | - | 0.0 |" in out and "| fastv | 1 | 71.9 |" in out and "| fastv | 2 | 61.7 |" in out
     assert "fastv at layer 1: where the kept visual tokens lie, by grid row (row 0 = top)" in out
     assert out.count("\nrow ") == 12
@@ -141,7 +141,42 @@ def test_bad_jsonl_through_the_cli_exits_2(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_boxes_map_back_from_the_padded_square():
+def test_boxes_map_into_the_padded_square():
     """LLaVA-1.5 boxes are relative to the image padded to a square: a 200x100 image is padded by 50 px above."""
-    assert evaluate.box_in_pixels((0.1, 0.3, 0.5, 0.7), (200, 100)) == pytest.approx((20, 10, 100, 90))
-    assert evaluate.box_in_pixels((0.25, 0.5, 0.75, 1.0), (96, 96)) == (24, 48, 72, 96)
+    assert evaluate.box_in_square((20, 10, 100, 90), (200, 100)) == pytest.approx((0.1, 0.3, 0.5, 0.7))
+    assert evaluate.box_in_square((24, 48, 72, 96), (96, 96)) == (0.25, 0.5, 0.75, 1.0)
+    case = evaluate.Case("unused.png", "Where is it?", "loc", box=(20, 10, 100, 90), size=(200, 100))
+    assert evaluate.correct(case, "[0.10, 0.30, 0.50, 0.70]") and not evaluate.correct(case, "[0.10, 0.05, 0.50, 0.45]")
+
+
+def test_bottom_share_counts_halves_only():
+    """Rows 0..k-1 against the last k; an odd grid's middle row is in neither, so an even spread is 0.5."""
+    assert evaluate.bottom_share([1, 1, 1]) == 0.5  # 3x3, one token per row
+    assert evaluate.bottom_share([0, 5, 3]) == 1.0  # the middle row does not count
+    assert evaluate.bottom_share([1, 2, 3, 6]) == 0.75
+    assert evaluate.bottom_share([0, 4, 0]) is None
+
+
+def test_random_control_draws_a_subset_per_question():
+    """reseeded gives question i the seed i, so the control's subsets differ across questions; other schedules pass as they are."""
+    schedule = pruning.random_subset(layer=3, num_layers=8)
+    assert [s.seed for s in evaluate.reseeded(schedule, 5).stages] == [5]
+    assert pruning.phi_random(144, 36, seed=5).tolist() != pruning.phi_random(144, 36, seed=0).tolist()
+    fastv = pruning.fastv(num_layers=8)
+    assert evaluate.reseeded(fastv, 5) is fastv and evaluate.reseeded(None, 5) is None
+
+
+@pytest.mark.parametrize("template", ["Where is {x}?", "Box of {expression} {", "no field"])
+def test_template_needs_expression_and_no_other_braces(template, capsys):
+    """A --template with another field or a stray brace is one line, exit 2 (not a KeyError traceback)."""
+    code, _, err = run_cli(["eval", "--template", template], capsys)
+    assert code == 2 and "--template must contain {expression} and no other braces" in err
+
+
+def test_a_boolean_is_not_a_box_coordinate(scene_png, tmp_path):
+    """JSON true is an int to Python; the loader refuses it by name."""
+    data = tmp_path / "data.jsonl"
+    path, expression, _ = scene_png
+    data.write_text(json.dumps({"image": str(path), "expression": expression, "box": [True, 0, 10, 10]}) + "\n")
+    with pytest.raises(ValueError, match="line 1: box must be 4 numbers"):
+        evaluate.jsonl_cases(data, "Where is the {expression}?")

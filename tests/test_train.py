@@ -166,3 +166,11 @@ def test_transformers_reads_the_output_folder(run3):
     assert logits.shape == hf_logits.shape == (1, inputs.input_ids.shape[1], 115)
     diff = (logits - hf_logits).abs().max().item()
     assert diff < 1e-5, f"logits differ by {diff:.2e}"
+
+
+def test_resume_refuses_new_steps_once_the_decay_began(tmp_path):
+    """The lr of the last 20% of steps depends on --steps: 2 steps done of 2 (warm-up 1) cannot be stretched to 10."""
+    train.train(parse(tmp_path, "--steps", "2", "--warmup", "1"))
+    with raises(ValueError, f"--resume: {tmp_path / 'checkpoint'} is at step 2, past the start of the learning-rate "
+                            "decay of --steps 2; resume it with --steps 2"):
+        train.train(parse(tmp_path, "--steps", "10", "--warmup", "1", "--resume"))
