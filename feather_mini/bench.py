@@ -99,7 +99,9 @@ def schedules_for(methods: list[str], num_layers: int) -> dict[str, pruning.Sche
 
 
 def transformers_twin(model: LlavaForConditionalGeneration):
-    """transformers' LlavaForConditionalGeneration (sdpa attention) on our model's very tensors."""
+    """transformers' LlavaForConditionalGeneration (sdpa attention) on our model's very tensors.
+    It is built with tensors of its own first, replaced at once: for that moment the weights exist
+    twice (a 7B float16 model: 2 x 14 GB on the GPU)."""
     import transformers
     from transformers.initialization import no_init_weights
 
