@@ -2,7 +2,7 @@
 """The eval command: its rows and keys, the RefCOCO-style JSONL loader and its errors, and the
 conversion of boxes into LLaVA's padded square. It runs on a model trained here
 for one step (the tiny 'test' preset: widths of 32, but the shipped model's 8 decoder layers and 12x12 grid), so it tests the command,
-not the shipped model's accuracy (tests/test_shipped.py does that)."""
+not the shipped model (tests/test_shipped.py checks that)."""
 import argparse
 import json
 

@@ -1,0 +1,34 @@
+# python -m pytest tests/test_shipped.py -q
+"""The model shipped in weights/feather-tiny: it loads with the same loader as a real LLaVA-1.5
+folder, has the shape the demo and the tutorial rely on, and answers the test split's first
+localization question and first colour question correctly (greedy decoding, float32, CPU)."""
+from pathlib import Path
+
+from feather_mini import load_pretrained, synthetic
+from feather_mini.evaluate import SHIPPED_WEIGHTS
+
+
+def test_shipped_folder_is_small_and_complete():
+    """The four llava-hf files, nothing pickled, at most 20 MB in all."""
+    files = sorted(p.name for p in Path(SHIPPED_WEIGHTS).iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"]
+    assert sum(p.stat().st_size for p in Path(SHIPPED_WEIGHTS).iterdir()) <= 20 * 2 ** 20
+
+
+def test_shipped_model_shape():
+    """A 12x12 grid of visual tokens (96 px, 8 px patches) and an 8-layer decoder with RoPE."""
+    model, processor = load_pretrained(SHIPPED_WEIGHTS)
+    assert processor.grid == (12, 12) and model.config.num_visual_tokens == 144
+    assert model.config.text_config.num_hidden_layers == 8
+    assert sum(p.numel() for p in model.parameters()) == 2_507_136
+
+
+def test_shipped_model_answers_a_box_and_a_colour():
+    """Test example 0, "Where is the red triangle?", gets its exact box; example 1, "What color is the square?", "red"."""
+    model, processor = load_pretrained(SHIPPED_WEIGHTS)
+    loc, colour = synthetic.example("test", 0), synthetic.example("test", 1)
+    assert (loc.question.question, colour.question.question) == ("Where is the red triangle?", "What color is the square?")
+    answer = model.generate(processor(loc.scene.image(), loc.question.question), max_new_tokens=16).text
+    assert answer == loc.question.answer == "[0.62, 0.67, 0.92, 0.96]"
+    assert synthetic.answer_correct(loc.question, answer)
+    assert model.generate(processor(colour.scene.image(), colour.question.question), max_new_tokens=16).text == "red"
