@@ -235,10 +235,10 @@ def main(args) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     try:
-        filled = args.template.format(expression="")
+        template_ok = "{expression}" in args.template and args.template.format(expression="") is not None
     except (KeyError, IndexError, ValueError):  # another {field}, or a stray brace
-        filled = None
-    if "{expression}" not in args.template or filled is None:
+        template_ok = False
+    if not template_ok:
         raise ValueError(f"--template must contain {{expression}} and no other braces, got {args.template!r}")
     cases = (jsonl_cases(args.data, args.template, args.limit) if args.data else
              synthetic_cases(args.limit or synthetic.TEST_SIZE))
