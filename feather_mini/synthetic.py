@@ -158,6 +158,28 @@ def make_scene(rng: random.Random, min_objects: int = 2, max_objects: int = MAX_
             return Scene(tuple(items), size)
 
 
+def lookalike_scene(rng: random.Random, min_objects: int = 2, max_objects: int = MAX_OBJECTS,
+                    size: int = IMAGE_SIZE) -> Scene:
+    """A scene whose first two objects look alike: one shape in two colours or, as often, one
+    colour in two shapes; the other objects are neither of the two. Localizing either object
+    then needs both words of the question (the shipped model's first run mostly answered with the
+    box of the other object of the same shape)."""
+    scene = make_scene(rng, max(2, min_objects), max(2, max_objects), size)
+    if rng.random() < 0.5:
+        shape = rng.choice(SHAPES)
+        pairs = [(colour, shape) for colour in rng.sample(list(COLOURS), 2)]
+    else:
+        colour = rng.choice(list(COLOURS))
+        pairs = [(colour, shape) for shape in rng.sample(SHAPES, 2)]
+    items = [Item(c, s, item.box) for (c, s), item in zip(pairs, scene.items)]
+    for item in scene.items[2:]:
+        pair = (item.colour, item.shape)
+        while pair in pairs:
+            pair = (rng.choice(list(COLOURS)), rng.choice(SHAPES))
+        items.append(Item(*pair, item.box))
+    return Scene(tuple(items), size)
+
+
 def _near(a: Box, b: Box) -> bool:
     return not (a[2] + LATTICE <= b[0] or b[2] + LATTICE <= a[0] or a[3] + LATTICE <= b[1] or b[3] + LATTICE <= a[1])
 
@@ -217,10 +239,20 @@ def test_split(n: int = TEST_SIZE, seed: int = 0) -> list[Example]:
 
 
 def training_chat(rng: random.Random, turns: int, min_objects: int = 1, max_objects: int = MAX_OBJECTS,
-                  caption: float = 0.5) -> tuple[Scene, list[Question]]:
+                  caption: float = 0.5, lookalike: float = 0.0) -> tuple[Scene, list[Question]]:
     """A scene and up to `turns` different questions about it, in random order, for one
     multi-turn training chat; with probability `caption` a caption closes the chat (last, so
-    no question can copy its boxes)."""
+    no question can copy its boxes). With probability `lookalike` the scene is a
+    lookalike_scene and the chat asks where both look-alikes are."""
+    if lookalike and rng.random() < lookalike:  # (no draw at 0: the chats of earlier runs stay the same)
+        scene = lookalike_scene(rng, min_objects, max_objects)
+        twins = [q for q in questions(scene, "loc") if q.box in (scene.items[0].box, scene.items[1].box)]
+        others = [q for task in TASKS[1:] for q in questions(scene, task) if task != "exist" or q.answer == "yes"]
+        chat = twins + rng.sample(others, min(max(0, turns - 2), len(others)))
+        rng.shuffle(chat)
+        if rng.random() < caption:
+            chat.append(questions(scene, "caption")[0])
+        return scene, chat
     scene = make_scene(rng, min_objects, max_objects)
     pool = [q for task in TASKS for q in questions(scene, task)]
     # Balance exist: as many "no" as "yes", so that "yes" is not the safe guess.

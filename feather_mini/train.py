@@ -157,12 +157,13 @@ def objects_at(step: int, max_objects: int, curriculum: int) -> int:
     return max_objects if curriculum == 0 else min(max_objects, 1 + step // curriculum)
 
 
-def make_batch(processor: Processor, step: int, seed: int, batch: int, turns: int, max_objects: int):
+def make_batch(processor: Processor, step: int, seed: int, batch: int, turns: int, max_objects: int,
+               lookalike: float = 0.0):
     """(pixel_values, input_ids, labels) for one step; right-padded, which a causal decoder never sees."""
     rng = random.Random(f"train:{seed}:{step}")
     pixels, rows = [], []
     for _ in range(batch):
-        scene, chat = synthetic.training_chat(rng, turns, max_objects=max_objects)
+        scene, chat = synthetic.training_chat(rng, turns, max_objects=max_objects, lookalike=lookalike)
         pixels.append(processor.pixel_values(scene.image()))
         rows.append(encode_chat(processor, chat))
     T = max(len(ids) for ids, _ in rows)
@@ -217,6 +218,23 @@ def position_probe(model, processor, n: int = 40, seed: int = 0) -> dict[str, fl
 # Checkpoints: model and AdamW state in one safetensors file, the rest in JSON
 
 
+def load_weights(model: LlavaForConditionalGeneration, folder: Path) -> None:
+    """--init-from: the weights of a saved model folder, which must hold exactly this model's
+    tensors with the same shapes (the file and the first mismatch are named otherwise)."""
+    file = folder / "model.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"--init-from: no model.safetensors in {folder}")
+    tensors, expected = load_file(str(file)), model.state_dict()
+    for key in sorted(set(tensors) ^ set(expected)):
+        where = "is missing from" if key in expected else "is not a tensor of this model, found in"
+        raise ValueError(f"--init-from: {key} {where} {file}")
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(f"--init-from: {key} has shape {tuple(value.shape)} in {file}, "
+                             f"this model needs {tuple(expected[key].shape)}")
+    model.load_state_dict(tensors)
+
+
 def save_checkpoint(folder: Path, model, optimizer, step: int, args: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -236,7 +254,8 @@ def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
     if not meta_file.is_file() or not tensor_file.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected state.json and state.safetensors)")
     meta = json.loads(meta_file.read_text())
-    for key in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr", "warmup"):
+    for key in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr", "warmup", "lookalike",
+                "init_from"):
         if meta["args"].get(key) != args.get(key):
             raise ValueError(f"--resume: {folder} was trained with {key}={meta['args'].get(key)!r}, "
                              f"this run asks for {key}={args.get(key)!r}")
@@ -280,6 +299,8 @@ def train(args) -> list[float]:
     config = model_config(args.preset, tokenizer.get_vocab_size())
     model = LlavaForConditionalGeneration(config)
     init_weights(model, args.seed)
+    if args.init_from:
+        load_weights(model, Path(args.init_from))
     processor = Processor(tokenizer, config.vision_config.image_size, config.vision_config.patch_size,
                           config.image_token_index, config.num_visual_tokens)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -287,7 +308,7 @@ def train(args) -> list[float]:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.98))
     settings = {k: getattr(args, k) for k in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr",
-                                               "warmup", "steps")}
+                                               "warmup", "steps", "lookalike", "init_from")}
     if not args.resume and (ckpt / "state.json").is_file():
         step = json.loads((ckpt / "state.json").read_text())["step"] + 1
         raise ValueError(f"{ckpt} already holds a checkpoint (step {step}): pass --resume to continue it, "
@@ -303,7 +324,7 @@ def train(args) -> list[float]:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         objects = objects_at(step, args.max_objects, args.curriculum)
-        loss = loss_on(model, *make_batch(processor, step, args.seed, args.batch, args.turns, objects))
+        loss = loss_on(model, *make_batch(processor, step, args.seed, args.batch, args.turns, objects, args.lookalike))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -356,6 +377,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # with gradient-norm spikes); the decoder then read rows off RoPE and never learned columns.
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    p.add_argument("--lookalike", type=float, default=0.0,
+                   help="share of training scenes with two look-alike objects (one shape in two colours, or one "
+                        "colour in two shapes), both localized in the chat (default 0)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from the weights of a saved model folder (e.g. weights/feather-tiny) instead of "
+                        "random ones; the optimizer starts fresh")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--log-every", type=int, default=50)
@@ -370,6 +397,8 @@ def main(args) -> int:
     for name in ("steps", "batch", "turns", "log_every", "checkpoint_every", "warmup"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0.0 <= args.lookalike <= 1.0:
+        raise ValueError(f"--lookalike must be a share between 0 and 1, got {args.lookalike}")
     if not 1 <= args.max_objects <= synthetic.MAX_OBJECTS:
         raise ValueError(f"--max-objects must be between 1 and {synthetic.MAX_OBJECTS}, got {args.max_objects}")
     train(args)

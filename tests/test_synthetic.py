@@ -258,3 +258,41 @@ def test_triangle_points_up():
     assert image.getpixel((8, 8)) == image.getpixel((31, 8)) == BACKGROUND
     assert image.getpixel((8, 31)) == image.getpixel((31, 31)) == RED
     assert image.getpixel((19, 9)) == RED  # just under the apex
+
+# -----------------------------------------------------------------------------
+# Look-alike scenes (training only: train --lookalike)
+
+
+def test_lookalike_scenes_pair_two_objects_that_share_one_word():
+    """200 look-alike scenes (101 share a shape): the first two objects share their shape or their colour, not both;
+    no other object repeats either pair, so both are asked about; the layout rules still hold."""
+    kinds = []
+    for i in range(200):
+        scene = synthetic.lookalike_scene(random.Random(i))
+        a, b, *rest = scene.items
+        assert (a.colour == b.colour) != (a.shape == b.shape), (i, scene)
+        assert all((r.colour, r.shape) not in ((a.colour, a.shape), (b.colour, b.shape)) for r in rest), (i, scene)
+        assert {a.box, b.box} <= {q.box for q in questions(scene, "loc")}, (i, scene)
+        boxes = [item.box for item in scene.items]
+        assert 2 <= len(boxes) <= 4 and all(apart(p, q) for j, p in enumerate(boxes) for q in boxes[j + 1:])
+        kinds.append("shape" if a.shape == b.shape else "colour")
+    assert kinds.count("shape") == 101  # of 200: one kind as often as the other
+
+
+def test_lookalike_chat_asks_where_both_are():
+    """training_chat(lookalike=1): the chat holds the loc questions of both look-alikes, and at most
+    `turns` questions before the optional caption."""
+    rng = random.Random(0)
+    for _ in range(50):
+        scene, chat = synthetic.training_chat(rng, turns=4, lookalike=1.0)
+        asked = {q.box for q in chat if q.task == "loc"}
+        assert {scene.items[0].box, scene.items[1].box} <= asked
+        assert len([q for q in chat if q.task != "caption"]) <= 4
+
+
+def test_lookalike_zero_draws_nothing():
+    """lookalike=0 (the default) makes the same chats as before the option existed: the generator
+    is left in the same state."""
+    a, b = random.Random(7), random.Random(7)
+    assert synthetic.training_chat(a, turns=4) == synthetic.training_chat(b, turns=4, lookalike=0.0)
+    assert a.random() == b.random()

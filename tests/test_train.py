@@ -189,3 +189,35 @@ def test_position_probe_reads_the_grid_at_init_and_not_from_noise():
         for p in model.vision_tower.parameters():
             p.normal_()
     assert max(train.position_probe(model, processor, n=8).values()) < 0.15
+
+# -----------------------------------------------------------------------------
+# --init-from: a warm start from a saved model folder
+
+
+def test_init_from_starts_from_the_saved_weights(run3, tmp_path):
+    """With --lr 0 (no update, no weight decay) a run started --init-from run3's folder saves
+    exactly run3's weights; the losses differ from a random start's."""
+    out, _ = run3
+    warm = train.train(parse(tmp_path / "warm", "--steps", "1", "--lr", "0", "--init-from", str(out)))
+    cold = train.train(parse(tmp_path / "cold", "--steps", "1", "--lr", "0"))
+    saved, started = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "warm" / "model.safetensors"))
+    assert saved.keys() == started.keys() and all(torch.equal(saved[k], started[k]) for k in saved)
+    assert warm != cold
+
+
+def test_init_from_refuses_another_model(tmp_path):
+    """The shipped model's folder does not fit the 'test' preset: the first tensor the preset lacks
+    is named with the file; a folder without weights is named too."""
+    from feather_mini.evaluate import SHIPPED_WEIGHTS
+
+    with raises(ValueError, "--init-from: vision_tower.vision_model.encoder.layers.1.layer_norm1.bias is not a "
+                            f"tensor of this model, found in {SHIPPED_WEIGHTS / 'model.safetensors'}"):
+        train.train(parse(tmp_path / "a", "--steps", "1", "--init-from", str(SHIPPED_WEIGHTS)))
+    with raises(FileNotFoundError, f"--init-from: no model.safetensors in {tmp_path}"):
+        train.train(parse(tmp_path / "b", "--steps", "1", "--init-from", str(tmp_path)))
+
+
+def test_main_rejects_a_lookalike_share_out_of_range(tmp_path):
+    with raises(ValueError, "--lookalike must be a share between 0 and 1, got 1.5"):
+        train.main(parse(tmp_path / "out", "--steps", "1", "--lookalike", "1.5"))
+    assert not (tmp_path / "out").exists()
