@@ -162,8 +162,9 @@ def lookalike_scene(rng: random.Random, min_objects: int = 2, max_objects: int =
                     size: int = IMAGE_SIZE) -> Scene:
     """A scene whose first two objects look alike: one shape in two colours or, as often, one
     colour in two shapes; the other objects are neither of the two. Localizing either object
-    then needs both words of the question: 46 of the 62 wrong boxes of the first shipped model
-    (200 'val' loc questions) were the box of another object of the same shape."""
+    then needs both words of the question: 48 of the 62 wrong boxes of the first shipped model
+    (200 'val' loc questions) were the box of another object of the same shape
+    (results/wrong_boxes.py)."""
     scene = make_scene(rng, max(2, min_objects), max(2, max_objects), size)
     if rng.random() < 0.5:
         shape = rng.choice(SHAPES)
@@ -242,15 +243,20 @@ def training_chat(rng: random.Random, turns: int, min_objects: int = 1, max_obje
                   caption: float = 0.5, lookalike: float = 0.0) -> tuple[Scene, list[Question]]:
     """A scene and up to `turns` different questions about it, in random order, for one
     multi-turn training chat; with probability `caption` a caption closes the chat (last, so
-    no question can copy its boxes). With probability `lookalike` the scene is a
-    lookalike_scene and the chat asks where both look-alikes are, its other questions drawn from
-    colour, count and the existence of objects that are present (so these chats ask no
-    existence question answered "no"; the shipped model was trained so, see its README)."""
-    if lookalike and rng.random() < lookalike:  # (no draw at 0: the chats of earlier runs stay the same)
+    no question can copy its boxes).
+
+    With probability `lookalike` (when scenes may hold 2 objects) the scene is a lookalike_scene
+    and the chat asks where both look-alikes are (one of them when turns is 1), its other
+    questions drawn from colour, count and the existence of objects that are present. So these
+    chats ask no existence question answered "no": a flaw, kept because the shipped model was
+    trained so (see its README)."""
+    # No draw when lookalike is 0: the chats of runs made before the option stay the same.
+    if lookalike and max_objects >= 2 and rng.random() < lookalike:
         scene = lookalike_scene(rng, min_objects, max_objects)
         twins = [q for q in questions(scene, "loc") if q.box in (scene.items[0].box, scene.items[1].box)]
         others = [q for task in TASKS[1:] for q in questions(scene, task) if task != "exist" or q.answer == "yes"]
-        chat = twins + rng.sample(others, min(max(0, turns - 2), len(others)))
+        asked = twins if turns >= 2 else [rng.choice(twins)]
+        chat = asked + rng.sample(others, min(max(0, turns - 2), len(others)))
         rng.shuffle(chat)
         if rng.random() < caption:
             chat.append(questions(scene, "caption")[0])

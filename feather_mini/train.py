@@ -1,16 +1,18 @@
 """Train the tiny LLaVA that ships in weights/, on synthetic scenes (synthetic.py).
 
-It trains the very classes of model.py, end to end from scratch, on multi-turn chats: each
-chat is one scene and a few different questions about it (localization boxes, colour,
-count, existence), half the time closed by a caption that lists every object with its box
-(a dense, LLaVA-pretraining-like signal that ties visual tokens to positions). The loss is
-the next-token cross-entropy on answer tokens only.
+It trains the very classes of model.py, end to end, from scratch or (--init-from) from a
+saved model, on multi-turn chats: each chat is one scene and a few different questions about
+it (localization boxes, colour, count, existence), half the time closed by a caption that
+lists every object with its box (a dense, LLaVA-pretraining-like signal that ties visual
+tokens to positions). --lookalike adds scenes whose objects differ in one word only. The loss
+is the next-token cross-entropy on answer tokens only.
 
 Reproducible: the chats of step s come from random.Random(f"train:{seed}:{s}") and the
-weights from torch.manual_seed(seed), so a run resumed from a checkpoint continues exactly
-as an uninterrupted one. Checkpoints (model and AdamW state) are safetensors, never pickles.
-The output folder is a llava-hf checkpoint that load_pretrained reads unchanged:
-config.json, model.safetensors, tokenizer.json, preprocessor_config.json.
+initial weights from torch.manual_seed(seed) (or the --init-from folder), so a run resumed
+from a checkpoint continues exactly as an uninterrupted one. Checkpoints (model and AdamW
+state) are safetensors, never pickles. The output folder is a llava-hf checkpoint that
+load_pretrained reads unchanged: config.json, model.safetensors, tokenizer.json,
+preprocessor_config.json.
 
     python -m feather_mini train --out runs/tiny --steps 12000      # logs a progress line
     python -m feather_mini train --out runs/tiny --steps 12000 --resume
@@ -225,13 +227,15 @@ def load_weights(model: LlavaForConditionalGeneration, folder: Path) -> None:
     if not file.is_file():
         raise FileNotFoundError(f"--init-from: no model.safetensors in {folder}")
     tensors, expected = load_file(str(file)), model.state_dict()
-    for key in sorted(set(tensors) ^ set(expected)):
+    unmatched = sorted(set(tensors) ^ set(expected))
+    if unmatched:
+        key = unmatched[0]
         where = "is missing from" if key in expected else "is not a tensor of this model, found in"
         raise ValueError(f"--init-from: {key} {where} {file}")
     for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise ValueError(f"--init-from: {key} has shape {tuple(value.shape)} in {file}, "
-                             f"this model needs {tuple(expected[key].shape)}")
+        if value.shape != expected[key].shape or value.dtype != expected[key].dtype:
+            raise ValueError(f"--init-from: {key} is {value.dtype} {tuple(value.shape)} in {file}, "
+                             f"this model needs {expected[key].dtype} {tuple(expected[key].shape)}")
     model.load_state_dict(tensors)
 
 
@@ -247,6 +251,9 @@ def save_checkpoint(folder: Path, model, optimizer, step: int, args: dict) -> No
     (folder / "state.json").write_text(json.dumps({"step": step, "args": args}, indent=2) + "\n")
 
 
+ADDED_SETTINGS = {"lookalike": 0.0, "init_from": None}  # settings added after the first checkpoints were written
+
+
 def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
     """Restore model and optimizer; return the last completed step. Refuses a checkpoint of
     another configuration (naming the setting), since resuming it would mix two runs."""
@@ -256,8 +263,9 @@ def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
     meta = json.loads(meta_file.read_text())
     for key in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr", "warmup", "lookalike",
                 "init_from"):
-        if meta["args"].get(key) != args.get(key):
-            raise ValueError(f"--resume: {folder} was trained with {key}={meta['args'].get(key)!r}, "
+        saved = meta["args"].get(key, ADDED_SETTINGS.get(key))  # checkpoints older than a setting: its default
+        if saved != args.get(key):
+            raise ValueError(f"--resume: {folder} was trained with {key}={saved!r}, "
                              f"this run asks for {key}={args.get(key)!r}")
     # --steps may change only while every step done so far had a learning rate that does not
     # depend on it: in the warm-up, or before the decay of both the old and the new --steps.
@@ -299,7 +307,7 @@ def train(args) -> list[float]:
     config = model_config(args.preset, tokenizer.get_vocab_size())
     model = LlavaForConditionalGeneration(config)
     init_weights(model, args.seed)
-    if args.init_from:
+    if args.init_from and not args.resume:  # a resumed run takes its weights from the checkpoint
         load_weights(model, Path(args.init_from))
     processor = Processor(tokenizer, config.vision_config.image_size, config.vision_config.patch_size,
                           config.image_token_index, config.num_visual_tokens)
@@ -308,7 +316,9 @@ def train(args) -> list[float]:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.98))
     settings = {k: getattr(args, k) for k in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr",
-                                               "warmup", "steps", "lookalike", "init_from")}
+                                               "warmup", "steps", "lookalike")}
+    # Resolved, so that "runs/a" and "./runs/a" are one setting on --resume.
+    settings["init_from"] = str(Path(args.init_from).resolve()) if args.init_from else None
     if not args.resume and (ckpt / "state.json").is_file():
         step = json.loads((ckpt / "state.json").read_text())["step"] + 1
         raise ValueError(f"{ckpt} already holds a checkpoint (step {step}): pass --resume to continue it, "
@@ -317,7 +327,9 @@ def train(args) -> list[float]:
     params = sum(p.numel() for p in model.parameters())
     print(f"train: {args.preset} model, {params / 1e6:.2f} M parameters, grid {config.vision_config.grid}x"
           f"{config.vision_config.grid}, steps {start}..{args.steps - 1}, batch {args.batch} chats of <= {args.turns} "
-          f"questions, seed {args.seed}, {torch.get_num_threads()} threads", flush=True)
+          f"questions, lr {args.lr:g}, curriculum {args.curriculum}, lookalike {args.lookalike:g}, "
+          f"from {settings['init_from'] or 'random weights'}, seed {args.seed}, {torch.get_num_threads()} threads",
+          flush=True)
     losses, t0, log = [], time.time(), out / "train_log.jsonl"
     model.train()
     for step in range(start, args.steps):
@@ -379,7 +391,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     p.add_argument("--lookalike", type=float, default=0.0,
                    help="share of training scenes with two look-alike objects (one shape in two colours, or one "
-                        "colour in two shapes), both localized in the chat (default 0)")
+                        "colour in two shapes), both localized in the chat; none while scenes hold at most 1 "
+                        "object (default 0)")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from the weights of a saved model folder (e.g. weights/feather-tiny) instead of "
                         "random ones; the optimizer starts fresh")

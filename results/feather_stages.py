@@ -1,33 +1,40 @@
 """Why FEATHER is the worst row of the shipped model's Table 1: hand-built schedules on the
 400-question test split, through the same evaluate() as `python -m feather_mini eval`.
 
-    python results/feather_stages.py > results/feather_stages.txt     # about 1.5 minutes on 2 cores
+    python results/feather_stages.py > results/feather_stages.txt     # about 2 minutes on 2 cores
 
 Layers are the shipped model's (8 decoder layers); "from layer L" = layers L..7 see only the
-kept visual tokens. The last block keeps ONE visual token from layer L on: how late does this
-model still read the image?
+kept visual tokens. The last four rows keep 1 or 5 visual tokens from layer L on: how late
+does this model still read the image?
 """
 import torch
 
-from feather_mini import evaluate
+from feather_mini import evaluate, pruning
 from feather_mini.model import load_pretrained
 from feather_mini.pruning import Schedule, Stage
 
-FEATHER_STAGE_1 = Stage(2, "phi_ensemble", 0.3, stride=3)  # the feather preset's stages, scaled to 8 layers
-FEATHER_STAGE_2 = Stage(4, "phi_no_rope", 0.09, of_present=True)
+NUM_VISUAL = 144  # the shipped model's 12x12 grid
+STAGE_1, STAGE_2 = pruning.feather(num_layers=8).stages  # layers 2 and 4: the preset, scaled
+
+
+def tokens(n: int) -> float:
+    """The keep fraction that leaves exactly n visual tokens (a stage keeps floor(keep * 144))."""
+    return (n + 0.5) / NUM_VISUAL
+
+
 SCHEDULES = {
-    "feather (both stages: layers 2 and 4)": [FEATHER_STAGE_1, FEATHER_STAGE_2],
-    "feather, stage 1 only": [FEATHER_STAGE_1],
-    "feather, stage 2 moved to layer 6": [FEATHER_STAGE_1, Stage(6, "phi_no_rope", 0.09, of_present=True)],
+    "feather (both stages: layers 2 and 4)": [STAGE_1, STAGE_2],
+    "feather, stage 1 only": [STAGE_1],
+    "feather, stage 2 moved to layer 6": [STAGE_1, Stage(6, STAGE_2.criterion, STAGE_2.keep, of_present=True)],
     "fastv (phi_original) 50% from layer 1": [Stage(1, "phi_original", 0.5)],
     "phi_-R 50% from layer 1": [Stage(1, "phi_no_rope", 0.5)],
     "random 50% from layer 1": [Stage(1, "phi_random", 0.5)],
     "fastv (phi_original) 50% from layer 2": [Stage(2, "phi_original", 0.5)],
     "random 50% from layer 2": [Stage(2, "phi_random", 0.5)],
-    "1 token (phi_-R) from layer 4": [Stage(4, "phi_no_rope", 0.007)],
-    "5 tokens (phi_-R) from layer 4": [Stage(4, "phi_no_rope", 0.035)],
-    "1 token (phi_-R) from layer 6": [Stage(6, "phi_no_rope", 0.007)],
-    "1 token (phi_-R) from layer 7": [Stage(7, "phi_no_rope", 0.007)],
+    "1 token (phi_-R) from layer 4": [Stage(4, "phi_no_rope", tokens(1))],
+    "5 tokens (phi_-R) from layer 4": [Stage(4, "phi_no_rope", tokens(5))],
+    "1 token (phi_-R) from layer 6": [Stage(6, "phi_no_rope", tokens(1))],
+    "1 token (phi_-R) from layer 7": [Stage(7, "phi_no_rope", tokens(1))],
 }
 
 if __name__ == "__main__":

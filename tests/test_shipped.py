@@ -1,7 +1,7 @@
 # python -m pytest tests/test_shipped.py -q
 """The model shipped in weights/feather-tiny: it loads with the same loader as a real LLaVA-1.5
-folder, has the shape the demo and the tutorial rely on, and answers the test split's first
-localization question and first colour question correctly (greedy decoding, float32, CPU)."""
+folder, has the shape the demo and the tutorial rely on, answers the test split's first 40
+questions correctly, and FastV's kept tokens on them are pinned (greedy decoding, float32, CPU)."""
 from pathlib import Path
 
 from feather_mini import load_pretrained, synthetic
@@ -45,6 +45,6 @@ def test_shipped_model_on_the_first_40_test_questions():
     row, _ = evaluate.evaluate(model, processor, cases, "none", None)
     assert (row["loc_acc"], row["other_acc"]) == (1.0, 1.0)
     row, per_row = evaluate.evaluate(model, processor, cases, "fastv", pruning.fastv(num_layers=8))
-    assert row["layer"] == [1] and per_row == [35, 116, 73, 84, 216, 36, 35, 107, 86, 300, 316, 36]
-    assert sum(per_row) == 1440 and sum(per_row[6:]) == 880 and per_row[9] + per_row[10] == 616
+    assert row["layer"] == [1]
+    assert per_row == [35, 116, 73, 84, 216, 36, 35, 107, 86, 300, 316, 36]  # 1440 = 40 x 36; 880 in rows 6-11
     assert row["loc_acc"] == 12 / 20

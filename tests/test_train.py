@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import feather_mini as fm
 from feather_mini import synthetic, train
@@ -217,7 +217,50 @@ def test_init_from_refuses_another_model(tmp_path):
         train.train(parse(tmp_path / "b", "--steps", "1", "--init-from", str(tmp_path)))
 
 
+def test_init_from_names_a_tensor_of_another_shape(run3, tmp_path):
+    """A folder whose lm_head has one row too few: the key, both shapes and dtypes, and the file."""
+    out, _ = run3
+    tensors = load_file(str(out / "model.safetensors"))
+    tensors["language_model.lm_head.weight"] = tensors["language_model.lm_head.weight"][:-1].contiguous()
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    file = tmp_path / "model.safetensors"
+    with raises(ValueError, f"--init-from: language_model.lm_head.weight is torch.float32 (114, 32) in {file}, "
+                            "this model needs torch.float32 (115, 32)"):
+        train.train(parse(tmp_path / "a", "--steps", "1", "--init-from", str(tmp_path)))
+
+
+def test_resume_of_a_warm_start_needs_neither_the_init_folder_nor_its_spelling(run3, tmp_path):
+    """A run started --init-from a copy of run3's folder resumes after the copy is gone (its
+    weights are in the checkpoint), given the same folder spelled another way; and like an
+    uninterrupted warm start. Another folder is refused, naming both."""
+    out, _ = run3
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    whole = train.train(parse(tmp_path / "whole", "--steps", "2", "--init-from", str(source)))
+    first = train.train(parse(tmp_path / "split1", "--steps", "1", "--init-from", str(source)))
+    (source / "model.safetensors").unlink()
+    second = train.train(parse(tmp_path / "split1", "--steps", "2", "--init-from", str(source / ".." / "source"),
+                               "--resume"))
+    assert first + second == whole
+    with raises(ValueError, f"--resume: {tmp_path / 'split1' / 'checkpoint'} was trained with "
+                            f"init_from={str(source)!r}, this run asks for init_from={str(out.resolve())!r}"):
+        train.train(parse(tmp_path / "split1", "--steps", "2", "--init-from", str(out), "--resume"))
+
+
+def test_resume_of_a_checkpoint_older_than_the_lookalike_and_init_from_settings(tmp_path):
+    """state.json files written before --lookalike and --init-from existed lack them: they read as
+    the defaults (0 and none), so such a run resumes."""
+    train.train(parse(tmp_path, "--steps", "1"))
+    state = tmp_path / "checkpoint" / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["args"]["lookalike"], meta["args"]["init_from"]
+    state.write_text(json.dumps(meta))
+    assert len(train.train(parse(tmp_path, "--steps", "2", "--resume"))) == 1
+
+
 def test_main_rejects_a_lookalike_share_out_of_range(tmp_path):
+    """--lookalike is a share: 1.5 is refused before anything is written."""
     with raises(ValueError, "--lookalike must be a share between 0 and 1, got 1.5"):
         train.main(parse(tmp_path / "out", "--steps", "1", "--lookalike", "1.5"))
     assert not (tmp_path / "out").exists()
