@@ -4,8 +4,8 @@
     python results/feather_stages.py > results/feather_stages.txt     # about 2 minutes on 2 cores
 
 Layers are the shipped model's (8 decoder layers); "from layer L" = layers L..7 see only the
-kept visual tokens. The last four rows keep 1 or 5 visual tokens from layer L on: how late
-does this model still read the image?
+kept visual tokens. The last five rows keep 1, 5 or 20 visual tokens from layer L on: how
+late does this model still read the image, and from how many tokens?
 """
 import torch
 
@@ -26,6 +26,8 @@ SCHEDULES = {
     "feather (both stages: layers 2 and 4)": [STAGE_1, STAGE_2],
     "feather, stage 1 only": [STAGE_1],
     "feather, stage 2 moved to layer 6": [STAGE_1, Stage(6, STAGE_2.criterion, STAGE_2.keep, of_present=True)],
+    # LLaVA-1.5's count at this stage, by the same budgets: about 20 tokens (9% of ~220 present)
+    "feather, stage 2 keeping 20 tokens": [STAGE_1, Stage(4, STAGE_2.criterion, tokens(20))],
     "fastv (phi_original) 50% from layer 1": [Stage(1, "phi_original", 0.5)],
     "phi_-R 50% from layer 1": [Stage(1, "phi_no_rope", 0.5)],
     "random 50% from layer 1": [Stage(1, "phi_random", 0.5)],
@@ -33,6 +35,7 @@ SCHEDULES = {
     "random 50% from layer 2": [Stage(2, "phi_random", 0.5)],
     "1 token (phi_-R) from layer 4": [Stage(4, "phi_no_rope", tokens(1))],
     "5 tokens (phi_-R) from layer 4": [Stage(4, "phi_no_rope", tokens(5))],
+    "20 tokens (phi_-R) from layer 4": [Stage(4, "phi_no_rope", tokens(20))],
     "1 token (phi_-R) from layer 6": [Stage(6, "phi_no_rope", tokens(1))],
     "1 token (phi_-R) from layer 7": [Stage(7, "phi_no_rope", tokens(1))],
 }
