@@ -264,8 +264,9 @@ def test_triangle_points_up():
 
 
 def test_lookalike_scenes_pair_two_objects_that_share_one_word():
-    """200 look-alike scenes (101 share a shape): the first two objects share their shape or their colour, not both;
-    no other object repeats either pair, so both are asked about; the layout rules still hold."""
+    """200 look-alike scenes (101 share a shape): the first two objects share their shape or their
+    colour, not both; no other object repeats either pair, so both are asked about; the layout
+    rules still hold."""
     kinds = []
     for i in range(200):
         scene = synthetic.lookalike_scene(random.Random(i))

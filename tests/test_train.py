@@ -244,7 +244,7 @@ def test_resume_of_a_warm_start_needs_neither_the_init_folder_nor_its_spelling(r
                                "--resume"))
     assert first + second == whole
     with raises(ValueError, f"--resume: {tmp_path / 'split1' / 'checkpoint'} was trained with "
-                            f"init_from={str(source)!r}, this run asks for init_from={str(out.resolve())!r}"):
+                            f"init_from={str(source.resolve())!r}, this run asks for init_from={str(out.resolve())!r}"):
         train.train(parse(tmp_path / "split1", "--steps", "2", "--init-from", str(out), "--resume"))
 
 
