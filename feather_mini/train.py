@@ -261,8 +261,7 @@ def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
     if not meta_file.is_file() or not tensor_file.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected state.json and state.safetensors)")
     meta = json.loads(meta_file.read_text())
-    for key in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr", "warmup", "lookalike",
-                "init_from"):
+    for key in (k for k in args if k != "steps"):  # every setting but --steps, which is checked below
         saved = meta["args"].get(key, ADDED_SETTINGS.get(key))  # checkpoints older than a setting: its default
         if saved != args.get(key):
             raise ValueError(f"--resume: {folder} was trained with {key}={saved!r}, "
