@@ -1,4 +1,5 @@
-"""The command line: `python -m feather_mini <command>` (or `feather-mini <command>`).
+"""The command line: `python -m feather_mini <command>` (or `feather-mini <command>`); with no
+command (or only options) it runs `demo`.
 
 Each command lives in its own module, which provides `add_arguments(parser)` and
 `main(args) -> int`; this file only dispatches. Errors a user can cause (a missing file,
@@ -12,6 +13,8 @@ import sys
 
 # command -> module; imported only when run, so `--help` and each command start fast.
 COMMANDS = {
+    "demo": ("feather_mini.demo", "what FastV, PyramidDrop and FEATHER keep on one image, and what it costs (default)"),
+    "heatmap": ("feather_mini.heatmap", "how often each grid position is kept, per method, over many images (PNG)"),
     "bench": ("feather_mini.bench", "time the prefill and decode with and without pruning (random weights)"),
     "eval": ("feather_mini.evaluate", "Table 1 in miniature: accuracy of each pruning method on the test split"),
     "train": ("feather_mini.train", "train the tiny LLaVA on synthetic scenes"),
@@ -19,7 +22,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feather-mini", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="feather-mini", description="Visual-token pruning for LLaVA-style "
+                                     "models; with no command, runs the demo.")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for name, (module, summary) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
@@ -29,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["demo"] + argv  # the demo is the default command: `python -m feather_mini --json`
     args = build_parser().parse_args(argv)
     try:
         return importlib.import_module(args.module).main(args) or 0

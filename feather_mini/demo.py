@@ -1,0 +1,241 @@
+"""The demo: one image, one question, and what each pruning method keeps and what it costs.
+
+    python -m feather_mini                          # = demo: the shipped model, a built-in scene
+    python -m feather_mini demo --methods none,fastv,feather --json
+    python -m feather_mini demo --image photo.jpg --prompt "Where is the dog?" \\
+        --weights llava-1.5-7b-hf --device cuda
+
+For each method (no pruning, FastV, FastV without RoPE, PyramidDrop, FEATHER; the presets
+of pruning.py scaled to the model's depth) it generates an answer, scores it when the
+question has a known answer (IoU with the target box, or the reference word), and reports
+the visual tokens kept at each stage, FastV's FLOPs reduction, and the measured prefill
+time with its ratio to no pruning. demo.png shows the image once per method with the kept
+visual tokens.
+
+The built-in example is chosen by a fixed rule, not by what the methods do on it: the first
+localization question of the synthetic test split whose target lies in the top half of the
+image (test example 4, "Where is the yellow circle?"), where RoPE's decay works against FastV.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from . import pictures, pruning, synthetic
+from .bench import now
+from .evaluate import SHIPPED_WEIGHTS, Case, box_in_square, correct
+from .model import load_pretrained
+from .processing import expand_to_square, load_image
+
+METHODS = ("none", "fastv", "fastv_norope", "pyramid_drop", "feather")
+CHOICES = ("none",) + tuple(pruning.PRESETS)  # what --methods accepts
+
+# -----------------------------------------------------------------------------
+# The built-in example and the reference answers it knows
+
+
+def builtin_example() -> tuple[int, synthetic.Scene, synthetic.Question]:
+    """(index, scene, question): the first localization question of the test split whose target
+    box lies in the top half of the image."""
+    for index in range(synthetic.TEST_SIZE):
+        ex = synthetic.example("test", index)
+        if ex.question.task == "loc" and ex.question.box[3] <= ex.scene.size // 2:
+            return index, ex.scene, ex.question
+    raise AssertionError("the test split has no localization question in the top half")  # it has (index 4)
+
+
+def reference(scene: synthetic.Scene, prompt: str) -> synthetic.Question | None:
+    """The question about `scene` whose text is `prompt` (any task), so that a prompt of one's own
+    about the built-in scene is scored too; None when the scene's questions do not include it."""
+    for task in synthetic.TASKS:
+        for question in synthetic.questions(scene, task):
+            if question.question == prompt:
+                return question
+    return None
+
+# -----------------------------------------------------------------------------
+# Running the methods
+
+
+def schedule_for(method: str, num_layers: int) -> pruning.Schedule | None:
+    """The preset at its default layers, scaled to the model's depth (the scaling note is kept in
+    schedule.note rather than printed, so that --json output stays JSON)."""
+    if method == "none":
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):
+        return pruning.PRESETS[method](num_layers=num_layers)
+
+
+def time_prefills(model, inputs, schedules: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of one prefill (vision tower included, last token's logits only, as
+    generation does) per method. Rounds interleave the methods, so a slow moment of the
+    machine hits all of them alike; one warm-up round first."""
+    times = {method: [] for method in schedules}
+    with torch.inference_mode():
+        for round_ in range(repeats + 1):
+            for method, schedule in schedules.items():
+                start = now(model.device)
+                model(inputs, schedule=schedule, logits_to_keep=1)
+                if round_:
+                    times[method].append(now(model.device) - start)
+    return {method: statistics.median(t) for method, t in times.items()}
+
+
+def run(model, processor, image, prompt: str, methods: list[str], question: synthetic.Question | None = None,
+        image_size: tuple[int, int] | None = None, max_new_tokens: int = 32, repeats: int = 5) -> list[dict]:
+    """One row per method: its schedule, answer, score, kept indices per stage, FLOPs reduction,
+    prefill time and its ratio to no pruning (timed even when 'none' is not among `methods`)."""
+    cfg = model.config.text_config
+    inputs = processor(image, prompt)
+    length = inputs.input_ids.shape[1]
+    if length + max_new_tokens - 1 > cfg.max_position_embeddings:
+        raise ValueError(f"--prompt is too long: with the image's {inputs.visual_len} visual tokens it takes "
+                         f"{length} tokens, plus up to {max_new_tokens} new ones, over the model's context of "
+                         f"{cfg.max_position_embeddings}")
+    schedules = {m: schedule_for(m, cfg.num_hidden_layers) for m in dict.fromkeys(["none"] + methods)}
+    seconds = time_prefills(model, inputs, schedules, repeats)
+    num_text = length - inputs.visual_len
+    rows = []
+    for method in methods:
+        schedule = schedules[method]
+        out = model.generate(inputs, max_new_tokens, schedule)
+        row = {"method": method, "schedule": str(schedule) if schedule else "no pruning", "answer": out.text,
+               "correct": None, "iou": None,
+               "kept": {layer: idx.tolist() for layer, idx in sorted(out.kept.items())},
+               "flops_reduction": pruning.flops_reduction(out.kept, inputs.visual_len, num_text, cfg.num_hidden_layers,
+                                                          cfg.hidden_size, cfg.intermediate_size),
+               "prefill_ms": 1000 * seconds[method], "prefill_ratio": seconds[method] / seconds["none"]}
+        if question is not None:
+            case = Case(image, question.question, question.task, question.answer, question.box, image_size)
+            row["correct"] = correct(case, out.text)
+            if question.task == "loc":
+                box = synthetic.parse_box(out.text)
+                target = [round(v, 2) for v in box_in_square(question.box, image_size)]
+                row["iou"] = synthetic.iou(box, target) if box else 0.0
+        rows.append(row)
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# Output: the table, the JSON, the picture
+
+
+def kept_counts(row: dict) -> str:
+    return " ".join(f"L{layer}:{len(idx)}" for layer, idx in row["kept"].items()) or "-"
+
+
+def score(row: dict) -> str:
+    if row["correct"] is None:
+        return "-"
+    verdict = "right" if row["correct"] else "wrong"
+    return f"IoU {row['iou']:.2f} {verdict}" if row["iou"] is not None else verdict
+
+
+def table(rows: list[dict]) -> str:
+    header = ["method", "answer", "score", "kept per stage", "FLOPs red.", "prefill ms", "vs none"]
+    cells = [[r["method"], r["answer"], score(r), kept_counts(r), f"{100 * r['flops_reduction']:.1f}%",
+              f"{r['prefill_ms']:.1f}", f"{r['prefill_ratio']:.2f}x"] for r in rows]
+    widths = [max(len(line[i]) for line in [header] + cells) for i in range(len(header))]
+    fmt = lambda line: "  ".join(c.ljust(w) if i < 4 else c.rjust(w)  # noqa: E731
+                                 for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+    return "\n".join([fmt(header)] + [fmt(line) for line in cells])
+
+
+def figure(square, grid: tuple[int, int], first_patch: int, rows: list[dict], title: str, target_box=None):
+    panels = []
+    for r in rows:
+        stages = len(r["kept"])
+        kept = {layer: torch.tensor(idx) for layer, idx in r["kept"].items()}
+        panels.append({"caption": [r["method"], f"answer: {r['answer']}", score(r),
+                                   f"kept {kept_counts(r)}" if stages else "kept all",
+                                   f"FLOPs red. {100 * r['flops_reduction']:.1f}%, prefill {r['prefill_ratio']:.2f}x"],
+                       "survived": pictures.stages_survived(kept, grid, first_patch) if stages else None,
+                       "num_stages": stages, "predicted_box": synthetic.parse_box(r["answer"] or "")})
+    return pictures.demo_figure(square, grid, panels, title, target_box)
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", help="an image file (default: the built-in scene)")
+    p.add_argument("--prompt", help="the question (default: the built-in one; with --image: 'Describe the image.')")
+    p.add_argument("--weights", default=str(SHIPPED_WEIGHTS),
+                   help="checkpoint folder: the shipped model (default) or a llava-1.5-7b-hf download")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(CHOICES)}")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, else float16)")
+    p.add_argument("--out", default="demo.png", help="where to write the picture (default: demo.png)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON on stdout, kept indices included")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
+    p.add_argument("--repeats", type=int, default=5, help="timed prefills per method (the median is reported)")
+
+
+def parse_methods(text: str, choices: tuple[str, ...]) -> list[str]:
+    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in choices]
+    if unknown or not methods:
+        raise ValueError(f"--methods: unknown method {unknown[0] if unknown else '(none given)'!r}; "
+                         f"expected a comma-separated subset of {', '.join(choices)}")
+    return methods
+
+
+def output_path(text: str) -> Path:
+    out = Path(text)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file, got {text!r}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out: folder {out.parent} does not exist")
+    return out
+
+
+def main(args) -> int:
+    methods = parse_methods(args.methods, CHOICES)
+    for name in ("max_new_tokens", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    out_png = output_path(args.out)
+    if args.image:
+        image = load_image(args.image)  # errors name the file, before the weights load
+        prompt, question = args.prompt or "Describe the image.", None
+        source = args.image
+    else:
+        index, scene, builtin = builtin_example()
+        image, prompt = scene.image(), args.prompt or builtin.question
+        question = reference(scene, prompt)
+        source = f"built-in scene (synthetic test example {index})"
+    model, processor = load_pretrained(args.weights, args.device, args.dtype)
+    rows = run(model, processor, image, prompt, methods, question, image.size, args.max_new_tokens, args.repeats)
+
+    background = tuple(int(m * 255) for m in processor.mean)
+    square = expand_to_square(image, background)  # what the model sees, so the grid lies over it
+    target = box_in_square(question.box, image.size) if question is not None and question.task == "loc" else None
+    first_patch = processor.num_visual_tokens - processor.grid[0] * processor.grid[1]  # 1 with a CLS token
+    title = f"{prompt}  (reference: {question.answer})" if question is not None else prompt
+    figure(square, processor.grid, first_patch, rows, title, target).save(out_png)
+
+    if args.json:
+        print(json.dumps({"weights": str(args.weights), "device": str(model.device), "dtype": str(model.dtype),
+                          "image": source, "prompt": prompt,
+                          "reference": question.answer if question is not None else None,
+                          "grid": list(processor.grid), "num_visual": processor.num_visual_tokens,
+                          "png": str(out_png), "rows": rows}, indent=1))
+        print(f"wrote {out_png}", file=sys.stderr)
+        return 0
+    where = f"{args.weights} on {model.device} ({str(model.dtype).removeprefix('torch.')})"
+    print(f"{where}; image: {source}")
+    print(f"question: {prompt}" + (f"  reference: {question.answer}" if question is not None else ""))
+    for r in rows:
+        print(f"  {r['schedule']}")
+    print(table(rows))
+    print(f"prefill = one forward over the prompt, vision tower included (median of {args.repeats}); "
+          "FLOPs red. = FastV's count for the decoder")
+    print(f"wrote {out_png}")
+    return 0

@@ -1,0 +1,89 @@
+"""Where each method's kept visual tokens lie, over many images: the paper's Figure 3b.
+
+    python -m feather_mini heatmap                            # 100 test examples, first stage
+    python -m feather_mini heatmap --examples 400 --stage last --out heatmap_last.png
+
+For every example of the synthetic test split (all question types) it runs one prefill per
+method and counts, per grid position, how often the position was kept at the chosen stage;
+the PNG has one panel per method on one colour scale (white: never kept, dark blue: always).
+FastV's panel is dark at the bottom: RoPE's long-term decay favours the visual tokens
+nearest the text that follows the image.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from . import demo, evaluate, pictures, pruning
+from .model import load_pretrained
+
+METHODS = ("fastv", "fastv_norope", "pyramid_drop", "feather")
+
+
+def kept_frequency(model, processor, cases, schedule: pruning.Schedule, stage: int, progress=None) -> torch.Tensor:
+    """(rows, cols) float: the share of `cases` in which each grid position survives the
+    schedule's stage number `stage` (0 = first, -1 = last). Prefills only: nothing is generated."""
+    rows, cols = processor.grid
+    first_patch = processor.num_visual_tokens - rows * cols  # 1 when a CLS token comes first
+    counts = torch.zeros(rows * cols)
+    layer = schedule.layers[stage]
+    with torch.inference_mode():
+        for i, case in enumerate(cases):
+            out = model(processor(case.image, case.question), schedule=evaluate.reseeded(schedule, i),
+                        logits_to_keep=1)
+            kept = out.kept[layer]
+            counts[kept[kept >= first_patch] - first_patch] += 1
+            if progress:
+                progress(i + 1)
+    return (counts / len(cases)).view(rows, cols)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=str(evaluate.SHIPPED_WEIGHTS), help="checkpoint folder (default: the shipped model)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated subset of {','.join(pruning.PRESETS)}")
+    p.add_argument("--examples", type=int, default=100, help="test-split examples to run (default 100)")
+    p.add_argument("--stage", choices=("first", "last"), default="first",
+                   help="which stage's kept tokens to count, for the multistage methods (default: first)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, else float16)")
+    p.add_argument("--out", default="heatmap.png", help="where to write the picture (default: heatmap.png)")
+
+
+def main(args) -> int:
+    methods = demo.parse_methods(args.methods, tuple(pruning.PRESETS))
+    if args.examples < 1:
+        raise ValueError(f"--examples must be at least 1, got {args.examples}")
+    out_png = demo.output_path(args.out)
+    cases = evaluate.synthetic_cases(args.examples)
+    model, processor = load_pretrained(args.weights, args.device, args.dtype)
+    depth = model.config.text_config.num_hidden_layers
+    stage = 0 if args.stage == "first" else -1
+    panels, lines = [], []
+    for n, method in enumerate(methods, start=1):
+        schedule = demo.schedule_for(method, depth)
+
+        def progress(done, n=n, method=method):
+            if done == len(cases) or sys.stderr.isatty():  # a log file gets one line per method
+                print(f"\rheatmap: {n}/{len(methods)} {method}: {done}/{len(cases)}",
+                      end="\n" if done == len(cases) else "", file=sys.stderr, flush=True)
+        frequency = kept_frequency(model, processor, cases, schedule, stage, progress)
+        layer = schedule.layers[stage]
+        per_row = frequency.sum(dim=1)
+        bottom = evaluate.bottom_share(per_row.tolist())
+        kept = frequency.sum().item()
+        panels.append({"frequency": frequency.tolist(),
+                       "caption": [f"{method}, layer {layer} of {depth}",
+                                   f"kept on average: {kept:.1f} of {frequency.numel()}",
+                                   f"of those in the bottom half: {100 * bottom:.1f}%"]})
+        lines.append(f"{method:<13} layer {layer}: mean kept {kept:5.1f} of {frequency.numel()}; "
+                     f"in the bottom half {100 * bottom:5.1f}%")
+    title = (f"How often each visual token is kept ({args.stage} stage), over {len(cases)} test examples "
+             f"(row 0 = top of the image)")
+    pictures.heatmap_figure(panels, title).save(out_png)
+    print(f"{args.weights}, {len(cases)} examples of the synthetic test split, {args.stage} stage:")
+    print("\n".join(lines))
+    print(f"wrote {out_png}")
+    return 0

@@ -1,0 +1,239 @@
+# python -m pytest -q tests/test_demo.py
+"""The demo and heatmap commands on the shipped model: the kept counts are REFERENCE.md's budgets
+for a 12x12 grid (N = 144), the built-in example's answers are pinned (greedy, float32, CPU), the
+pictures have their sizes, and every error a user can hit is one line with exit code 2."""
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from feather_mini import demo, heatmap, load_pretrained, pruning
+from feather_mini.__main__ import main
+from feather_mini.evaluate import SHIPPED_WEIGHTS, synthetic_cases
+
+GRID_STRIDE_3 = [0, 3, 6, 9, 36, 39, 42, 45, 72, 75, 78, 81, 108, 111, 114, 117]  # phi_uniform(12, 12, 3)
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def demo_json(tmp_path_factory):
+    """`demo --json` with its defaults (one timed round): the parsed JSON and the PNG's path."""
+    png = tmp_path_factory.mktemp("demo") / "demo.png"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["demo", "--json", "--repeats", "1", "--out", str(png)])
+    assert code == 0 and err.getvalue() == f"wrote {png}\n"
+    return json.loads(out.getvalue()), png
+
+
+def test_builtin_example_is_the_first_top_half_box_question():
+    """Test example 4, "Where is the yellow circle?", box (68, 4, 96, 32): examples 0 and 2 lie lower."""
+    index, scene, question = demo.builtin_example()
+    assert (index, question.question, question.box) == (4, "Where is the yellow circle?", (68, 4, 96, 32))
+    assert question.box[3] <= scene.size // 2
+
+
+def test_demo_json_has_every_method_in_order(demo_json):
+    """The five default methods, each with its schedule, answer, score, kept indices, FLOPs and timing."""
+    data, _ = demo_json
+    assert [r["method"] for r in data["rows"]] == ["none", "fastv", "fastv_norope", "pyramid_drop", "feather"]
+    assert (data["grid"], data["num_visual"], data["prompt"]) == ([12, 12], 144, "Where is the yellow circle?")
+    for r in data["rows"]:
+        assert set(r) == {"method", "schedule", "answer", "correct", "iou", "kept", "flops_reduction",
+                          "prefill_ms", "prefill_ratio"}
+        assert r["prefill_ms"] > 0 and r["prefill_ratio"] > 0
+
+
+def test_demo_kept_counts_are_the_reference_budgets(demo_json):
+    """N = 144, layers scaled by 8/32: FastV int(0.25 N) = 36 at layer 1; PyramidDrop 72, 36, 18 at
+    layers 2, 4, 6; FEATHER at layer 2 the top int(0.3 N) = 43 united with the 16-token stride-3 grid
+    (43..59 tokens; 56 here), at layer 4 int(0.09 * 56) = 5 of those."""
+    rows = {r["method"]: r["kept"] for r in demo_json[0]["rows"]}
+    count = lambda kept: {layer: len(idx) for layer, idx in kept.items()}  # noqa: E731
+    assert count(rows["none"]) == {}
+    assert count(rows["fastv"]) == count(rows["fastv_norope"]) == {"1": 36}
+    assert count(rows["pyramid_drop"]) == {"2": 72, "4": 36, "6": 18}
+    stage1, stage2 = rows["feather"]["2"], rows["feather"]["4"]
+    assert 43 <= len(stage1) <= 43 + 16 and set(GRID_STRIDE_3) <= set(stage1)
+    assert (len(stage1), len(stage2)) == (56, 5) and len(stage2) == int(0.09 * len(stage1))
+    assert set(stage2) <= set(stage1)
+
+
+def test_demo_kept_indices_sorted_unique_in_range(demo_json):
+    """Every stage's kept indices are sorted, unique and among the 144 visual tokens."""
+    for r in demo_json[0]["rows"]:
+        for idx in r["kept"].values():
+            assert idx == sorted(set(idx)) and 0 <= idx[0] and idx[-1] < 144
+
+
+def test_demo_builtin_answers_pinned(demo_json):
+    """Unpruned: the exact box. FastV keeps 27 of its 36 tokens in the bottom half and misses (IoU 0.38);
+    PyramidDrop and FEATHER find the circle on this one image (on the 400-question split FEATHER does
+    worse than FastV: README, Table 1)."""
+    rows = {r["method"]: r for r in demo_json[0]["rows"]}
+    assert rows["none"]["answer"] == "[0.71, 0.04, 1.00, 0.33]" and rows["none"]["iou"] == 1.0
+    fastv = rows["fastv"]
+    assert fastv["kept"]["1"] == [9, 11, 14, 23, 48, 49, 50, 51, 52, 92, 93, 94, 99, 104, 105, 106, 111, 112, 113,
+                                  114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130]
+    assert sum(i >= 72 for i in fastv["kept"]["1"]) == 27
+    assert (fastv["answer"], fastv["correct"], round(fastv["iou"], 2)) == ("[0.62, 0.00, 0.92, 0.25]", False, 0.38)
+    assert [(rows[m]["correct"], round(rows[m]["iou"], 2)) for m in ("fastv_norope", "pyramid_drop", "feather")] == [
+        (False, 0.49), (True, 0.86), (True, 0.55)]
+    assert rows["feather"]["kept"]["4"] == [47, 99, 111, 112, 117]
+
+
+def test_demo_flops_reduction_matches_fastv_formula(demo_json):
+    """FastV at layer 1 of 8 keeping 36 of 144: the row's FLOPs reduction is pruning.flops_reduction's."""
+    model, processor = load_pretrained(SHIPPED_WEIGHTS)
+    cfg = model.config.text_config
+    inputs = processor(demo.builtin_example()[1].image(), "Where is the yellow circle?")
+    num_text = inputs.input_ids.shape[1] - 144
+    rows = {r["method"]: r for r in demo_json[0]["rows"]}
+    expected = pruning.flops_reduction({1: 36}, 144, num_text, 8, cfg.hidden_size, cfg.intermediate_size)
+    assert rows["fastv"]["flops_reduction"] == pytest.approx(expected, abs=1e-12)
+    assert rows["none"]["flops_reduction"] == 0.0
+
+
+def test_demo_png_size(demo_json):
+    """Five 240 px panels with 12 px margins: 1272 x 407 pixels, RGB."""
+    data, png = demo_json
+    assert data["png"] == str(png)
+    with Image.open(png) as image:
+        assert (image.size, image.mode) == ((1272, 407), "RGB")
+
+
+def test_demo_is_the_default_command(tmp_path, monkeypatch, capsys):
+    """`python -m feather_mini --methods none` runs the demo and writes demo.png in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["--methods", "none", "--repeats", "1"], capsys)
+    assert code == 0, err
+    assert "Where is the yellow circle?" in out and out.rstrip().endswith("wrote demo.png")
+    assert (tmp_path / "demo.png").is_file()
+
+
+def test_demo_own_question_about_builtin_scene_is_scored(tmp_path, capsys):
+    """--prompt with another question the built-in scene answers ("How many triangles are there?": 1) is scored."""
+    code, out, err = run_cli(["demo", "--methods", "none", "--repeats", "1", "--prompt",
+                              "How many triangles are there?", "--out", str(tmp_path / "d.png"), "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["reference"], data["rows"][0]["answer"], data["rows"][0]["correct"]) == ("1", "1", True)
+
+
+def test_demo_image_file(tmp_path, capsys):
+    """--image: any file; the prompt defaults to 'Describe the image.', and nothing is scored."""
+    image = tmp_path / "scene.png"
+    demo.builtin_example()[1].image().resize((120, 80)).save(image)  # not square: padded like LLaVA-1.5
+    code, out, err = run_cli(["demo", "--image", str(image), "--methods", "none,fastv", "--repeats", "1",
+                              "--out", str(tmp_path / "d.png"), "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["image"], data["prompt"], data["reference"]) == (str(image), "Describe the image.", None)
+    assert [(r["correct"], r["iou"]) for r in data["rows"]] == [(None, None), (None, None)]
+
+
+def error_line(args, capsys):
+    code, out, err = run_cli(args, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_error_image_missing(tmp_path, capsys):
+    """A missing --image file is named."""
+    err = error_line(["demo", "--image", str(tmp_path / "nope.jpg")], capsys)
+    assert err == f"feather-mini demo: error: image file not found: {tmp_path / 'nope.jpg'}"
+
+
+def test_error_image_not_an_image(tmp_path, capsys):
+    """A file that is not an image is named."""
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    err = error_line(["demo", "--image", str(bad)], capsys)
+    assert err.startswith(f"feather-mini demo: error: {bad}: not a readable image")
+
+
+def test_error_weights_folder_missing(tmp_path, capsys):
+    """A missing --weights folder is named."""
+    err = error_line(["demo", "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "d.png")], capsys)
+    assert err == f"feather-mini demo: error: checkpoint folder not found: {tmp_path / 'none'}"
+
+
+def test_error_weights_folder_incomplete(tmp_path, capsys):
+    """A folder with config.json but no weights file says which file is missing."""
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "preprocessor_config.json"):
+        shutil.copy(SHIPPED_WEIGHTS / name, folder / name)
+    err = error_line(["demo", "--weights", str(folder), "--out", str(tmp_path / "d.png")], capsys)
+    assert err == (f"feather-mini demo: error: {folder}: no weights: expected model.safetensors or "
+                   "model.safetensors.index.json")
+
+
+def test_error_unknown_method(tmp_path, capsys):
+    """An unknown --methods entry is named, with the accepted ones."""
+    err = error_line(["demo", "--methods", "none,fastV"], capsys)
+    assert err.startswith("feather-mini demo: error: --methods: unknown method 'fastV'; expected a comma-separated "
+                          "subset of none, fastv, fastv_norope,")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_error_device_not_available(tmp_path, capsys):
+    """--device cuda on a machine without CUDA."""
+    err = error_line(["demo", "--device", "cuda", "--out", str(tmp_path / "d.png")], capsys)
+    assert err == "feather-mini demo: error: device 'cuda' requested but CUDA is not available on this machine"
+
+
+def test_error_prompt_too_long(tmp_path, capsys):
+    """A prompt past the shipped model's 512-token context: the count and the limit are named."""
+    err = error_line(["demo", "--prompt", "red " * 400, "--out", str(tmp_path / "d.png")], capsys)
+    assert err == ("feather-mini demo: error: --prompt is too long: with the image's 144 visual tokens it takes "
+                   "547 tokens, plus up to 32 new ones, over the model's context of 512")
+
+
+def test_error_out_not_png(tmp_path, capsys):
+    """--out must be a .png in an existing folder, checked before anything runs."""
+    assert error_line(["demo", "--out", str(tmp_path / "d.jpg")], capsys).endswith(
+        f"--out must name a .png file, got '{tmp_path / 'd.jpg'}'")
+    assert error_line(["demo", "--out", str(tmp_path / "no" / "d.png")], capsys).endswith(
+        f"--out: folder {tmp_path / 'no'} does not exist")
+
+
+def test_error_from_the_shell_has_no_traceback(tmp_path):
+    """The real process: exit code 2, one line on stderr, no traceback."""
+    result = subprocess.run([sys.executable, "-m", "feather_mini", "--image", str(tmp_path / "x.png")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"feather-mini demo: error: image file not found: {tmp_path / 'x.png'}"
+
+
+def test_heatmap_frequency_sums_to_the_budget():
+    """FastV keeps 36 tokens per image, so over 8 images its frequencies sum to 36; each lies in [0, 1]."""
+    model, processor = load_pretrained(SHIPPED_WEIGHTS)
+    frequency = heatmap.kept_frequency(model, processor, synthetic_cases(8), demo.schedule_for("fastv", 8), 0)
+    assert frequency.shape == (12, 12)
+    assert frequency.sum().item() == pytest.approx(36.0) and 0 <= frequency.min() and frequency.max() <= 1
+
+
+def test_heatmap_on_8_examples_writes_the_png(tmp_path, capsys):
+    """`heatmap --examples 8`: one line per method, then the PNG (four 240 px panels)."""
+    png = tmp_path / "heat.png"
+    code, out, err = run_cli(["heatmap", "--examples", "8", "--out", str(png)], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines[1:5]] == ["fastv", "fastv_norope", "pyramid_drop", "feather"]
+    assert lines[1].startswith("fastv         layer 1: mean kept  36.0 of 144")
+    assert lines[-1] == f"wrote {png}" and "heatmap: 4/4 feather: 8/8" in err
+    with Image.open(png) as image:
+        assert image.size == (1046, 393)
