@@ -73,10 +73,10 @@ def schedule_for(method: str, num_layers: int) -> pruning.Schedule | None:
         return pruning.PRESETS[method](num_layers=num_layers)
 
 
-def time_prefills(model, inputs, schedules: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of one prefill (vision tower included, last token's logits only, as
-    generation does) per method. Rounds interleave the methods, so a slow moment of the
-    machine hits all of them alike; one warm-up round first."""
+def time_prefills(model, inputs, schedules: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of one prefill (vision tower included, last token's logits only, as generation
+    does), `repeats` times per method. Each round runs every method once, so a slow moment of
+    the machine hits all of them alike; one warm-up round first."""
     times = {method: [] for method in schedules}
     with torch.inference_mode():
         for round_ in range(repeats + 1):
@@ -85,15 +85,18 @@ def time_prefills(model, inputs, schedules: dict, repeats: int) -> dict[str, flo
                 model(inputs, schedule=schedule, logits_to_keep=1)
                 if round_:
                     times[method].append(now(model.device) - start)
-    return {method: statistics.median(t) for method, t in times.items()}
+    return times
 
 
 def run(model, processor, image, prompt: str, methods: list[str], question: synthetic.Question | None = None,
-        image_size: tuple[int, int] | None = None, max_new_tokens: int = 32, repeats: int = 5) -> list[dict]:
-    """One row per method: its schedule, answer, score, kept indices per stage (original indices,
-    raster order), FLOPs reduction, prefill time and prefill_ratio = its time / the unpruned
-    prefill's (timed even when 'none' is not among `methods`; below 1 is faster)."""
+        max_new_tokens: int = 32, repeats: int = 5) -> list[dict]:
+    """One row per method: its schedule, answer, score (when `question` holds the reference),
+    kept indices per stage (original indices, raster order), FLOPs reduction, the median prefill
+    time, and prefill_ratio: the median over rounds of its time / the unpruned prefill's in the
+    same round (below 1 is faster; the unpruned prefill is timed even when 'none' is not among
+    `methods`)."""
     cfg = model.config.text_config
+    image = load_image(image)
     inputs = processor(image, prompt)
     length = inputs.input_ids.shape[1]
     if length + max_new_tokens - 1 > cfg.max_position_embeddings:
@@ -107,18 +110,19 @@ def run(model, processor, image, prompt: str, methods: list[str], question: synt
     for method in methods:
         schedule = schedules[method]
         out = model.generate(inputs, max_new_tokens, schedule)
+        ratios = [t / base for t, base in zip(seconds[method], seconds["none"])]
         row = {"method": method, "schedule": str(schedule) if schedule else "no pruning", "answer": out.text,
                "correct": None, "iou": None,
                "kept": {layer: idx.tolist() for layer, idx in sorted(out.kept.items())},
                "flops_reduction": pruning.flops_reduction(out.kept, inputs.visual_len, num_text, cfg.num_hidden_layers,
                                                           cfg.hidden_size, cfg.intermediate_size),
-               "prefill_ms": 1000 * seconds[method], "prefill_ratio": seconds[method] / seconds["none"]}
+               "prefill_ms": 1000 * statistics.median(seconds[method]), "prefill_ratio": statistics.median(ratios)}
         if question is not None:
-            case = Case(image, question.question, question.task, question.answer, question.box, image_size)
+            case = Case(image, question.question, question.task, question.answer, question.box, image.size)
             row["correct"] = correct(case, out.text)
             if question.task == "loc":
                 box = synthetic.parse_box(out.text)
-                target = [round(v, 2) for v in box_in_square(question.box, image_size)]
+                target = [round(v, 2) for v in box_in_square(question.box, image.size)]
                 row["iou"] = synthetic.iou(box, target) if box else 0.0
         rows.append(row)
     return rows
@@ -156,7 +160,8 @@ def figure(square, grid: tuple[int, int], first_patch: int, rows: list[dict], ti
         kept = {layer: torch.tensor(idx) for layer, idx in r["kept"].items()}
         panels.append({"caption": [r["method"], f"answer: {r['answer']}", score(r),
                                    f"kept {kept_counts(r)}" if stages else "kept all",
-                                   f"FLOPs red. {100 * r['flops_reduction']:.1f}%, time {r['prefill_ratio']:.2f} of none"],
+                                   f"FLOPs red. {100 * r['flops_reduction']:.1f}%, "
+                                   f"time {r['prefill_ratio']:.2f} of none"],
                        "survived": pictures.stages_survived(kept, grid, first_patch) if stages else None,
                        "num_stages": stages, "predicted_box": synthetic.parse_box(r["answer"] or "")})
     return pictures.demo_figure(square, grid, panels, title, target_box)
@@ -213,7 +218,7 @@ def main(args) -> int:
         question = reference(scene, prompt)
         source = f"built-in scene (synthetic test example {index})"
     model, processor = load_pretrained(args.weights, args.device, args.dtype)
-    rows = run(model, processor, image, prompt, methods, question, image.size, args.max_new_tokens, args.repeats)
+    rows = run(model, processor, image, prompt, methods, question, args.max_new_tokens, args.repeats)
 
     background = tuple(int(m * 255) for m in processor.mean)
     square = expand_to_square(image, background)  # what the model sees, so the grid lies over it
@@ -236,7 +241,7 @@ def main(args) -> int:
     for r in rows:
         print(f"  {r['schedule']}")
     print(table(rows))
-    print(f"prefill = one forward over the prompt, vision tower included (median of {args.repeats}); "
-          "FLOPs red. = FastV's count for the decoder")
+    print(f"prefill = one forward over the prompt, vision tower included, median of {args.repeats}; time / none = "
+          "median of the per-round ratios; FLOPs red. = FastV's count for the decoder")
     print(f"wrote {out_png}")
     return 0

@@ -41,7 +41,8 @@ def kept_frequency(model, processor, cases, schedule: pruning.Schedule, stage: i
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=str(evaluate.SHIPPED_WEIGHTS), help="checkpoint folder (default: the shipped model)")
+    p.add_argument("--weights", default=str(evaluate.SHIPPED_WEIGHTS),
+                   help="checkpoint folder (default: the shipped model)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(pruning.PRESETS)}")
     p.add_argument("--examples", type=int, default=100, help="test-split examples to run (default 100)")

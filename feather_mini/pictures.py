@@ -122,7 +122,7 @@ def demo_figure(square: Image.Image, grid: tuple[int, int], rows: list[dict], ti
         ("kept to the end", {"fill": (200, 200, 200), "outline": KEPT_OUTLINE}),
         ("dropped at a later stage", {"fill": half}),
         ("dropped at the first stage", {"fill": dark}),
-        ("target box", {"outline": (90, 90, 90), "fill": (200, 200, 200), "width": 2}),
+        ("target box", {"outline": TARGET, "fill": (60, 60, 60), "width": 2}),
         ("predicted box", {"outline": PREDICTED, "width": 3})])
     return figure
 
