@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +238,10 @@ def test_heatmap_on_8_examples_writes_the_png(tmp_path, capsys):
     assert lines[-1] == f"wrote {png}" and "heatmap: 4/4 feather: 8/8" in err
     with Image.open(png) as image:
         assert image.size == (1046, 393)
+
+
+def test_console_script_is_declared():
+    """pyproject.toml installs `feather-mini`, pointing at the same main() as `python -m feather_mini`."""
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    scripts = pyproject.split("[project.scripts]\n", 1)[1].split("\n\n", 1)[0]
+    assert scripts == 'feather-mini = "feather_mini.__main__:main"'
