@@ -8,7 +8,8 @@ Read in this order:
    phi_ensemble (phi_-R + phi_uniform), as in the paper's Table 1.
 2. Schedules: a Schedule is a tuple of Stages (layer, criterion, budget), checked when
    built. Presets (fastv, fastv_norope, knn, uniform, ensemble, pyramid_drop, feather) are
-   written for 32 decoder layers and scale to a model's depth.
+   written for 32 decoder layers and scale to a model's depth. A Stage's criterion may also be
+   a function of your own, criterion(query, keys, budget) -> kept indices (see Stage).
 3. Pruner: what the model asks, once per prefill, which tokens survive each stage.
 4. FLOPs: FastV's per-layer count 4nd^2 + 2n^2d + 2ndm and the reduction it implies.
 
@@ -146,6 +147,11 @@ def phi_random(num_visual: int, budget: int, seed: int = 0) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # Schedules: plain data, checked when built
 
+def criterion_name(criterion) -> str:
+    """A stage's criterion as text: its name, or a function's __name__."""
+    return criterion if isinstance(criterion, str) else getattr(criterion, "__name__", repr(criterion))
+
+
 CRITERIA = {  # name in code -> the paper's symbol
     "phi_original": "phi_original",
     "phi_no_rope": "phi_-R",
@@ -161,6 +167,11 @@ FIRST_STAGE_ONLY = ("phi_knn", "phi_uniform", "phi_ensemble")  # defined on the 
 class Stage:
     """Prune before decoder layer `layer`: keep the visual tokens `criterion` ranks highest.
 
+    criterion: a name from CRITERIA, or a function of your own, called as
+    criterion(query, keys, budget) with the last prompt token's q (nh, hs) and the visual
+    tokens' k (n_kv, N, hs) of layer `layer`-1, both before RoPE, over the N visual tokens
+    still present; it returns the kept indices among those N: sorted, unique, int64, exactly
+    `budget` of them (the model checks, and names the function when they are not).
     keep: the fraction of visual tokens kept (count = floor(fraction * base)), where base
     is the ORIGINAL number N (of_present=False) or the number still present (True).
     stride: the grid of phi_uniform and phi_ensemble. phi_uniform takes either a stride
@@ -175,7 +186,8 @@ class Stage:
     seed: int = 0
 
     def __str__(self) -> str:
-        symbol = CRITERIA.get(self.criterion, self.criterion)
+        symbol = criterion_name(self.criterion)
+        symbol = CRITERIA.get(symbol, symbol)
         share = f"{100 * self.keep:g}% of {'present' if self.of_present else 'original'}" if self.keep else ""
         if self.criterion == "phi_uniform":
             what = f"stride-{self.stride} grid" if self.stride else f"the grid nearest {share}"
@@ -202,9 +214,11 @@ class Schedule:
         for i, stage in enumerate(self.stages):
             if not isinstance(stage, Stage):
                 raise TypeError(f"schedule {self.name!r}, stage {i + 1}: expected a Stage, got {stage!r}")
-            where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {stage.criterion})"
-            if stage.criterion not in CRITERIA:
-                raise ValueError(f"{where}: unknown criterion {stage.criterion!r}; expected one of {list(CRITERIA)}")
+            name = criterion_name(stage.criterion)
+            where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {name})"
+            if not callable(stage.criterion) and stage.criterion not in CRITERIA:
+                raise ValueError(f"{where}: unknown criterion {stage.criterion!r}; expected one of {list(CRITERIA)} "
+                                 "or a function criterion(query, keys, budget)")
             if not isinstance(stage.layer, int) or stage.layer < 1:
                 raise ValueError(f"{where}: layer {stage.layer!r} must be an int >= 1 (the score comes from layer - 1)")
             if i and stage.layer <= self.stages[i - 1].layer:
@@ -250,7 +264,7 @@ class Schedule:
         lo = hi = num_visual  # the fewest and most visual tokens present before this stage
         bounds = {}
         for i, stage in enumerate(self.stages):
-            where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {stage.criterion})"
+            where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {criterion_name(stage.criterion)})"
             if stage.layer >= num_layers:
                 raise ValueError(f"{where}: layer {stage.layer} is not below the model's depth of {num_layers} layers")
             if stage.criterion in ("phi_uniform", "phi_ensemble"):
@@ -416,12 +430,27 @@ class Pruner:
         if stage.criterion == "phi_uniform":
             return phi_uniform(*self.grid, _uniform_stride(stage, self.num_visual, self.grid), device=q.device)
         query, keys = q[0, :, -1], k[0, :, visual]  # the last prompt token; the visual keys
+        if callable(stage.criterion):
+            return checked_indices(stage, stage.criterion(query, keys, count), len(self.present), count)
         if stage.criterion == "phi_original":
             return phi_original(query, keys, positions[0, -1].item(), positions[0, visual], count, self.rope_theta)
         if stage.criterion == "phi_no_rope":
             return phi_no_rope(query, keys, count)
         return phi_ensemble(query, keys, count, *self.grid, stage.stride)
 
+
+def checked_indices(stage: Stage, kept, present: int, count: int) -> torch.Tensor:
+    """What a criterion function of one's own returned, checked: the decoder gathers rows by it,
+    so a wrong index would silently keep the wrong tokens."""
+    where = f"layer {stage.layer}: criterion {criterion_name(stage.criterion)}"
+    if not torch.is_tensor(kept) or kept.dtype != torch.int64 or kept.ndim != 1:
+        what = f"{kept.dtype} tensor of shape {tuple(kept.shape)}" if torch.is_tensor(kept) else type(kept).__name__
+        raise ValueError(f"{where} returned a {what}; expected a 1-d int64 tensor of kept indices")
+    if len(kept) != count:
+        raise ValueError(f"{where} returned {len(kept)} indices; the stage keeps exactly {count}")
+    if count and (kept[0] < 0 or kept[-1] >= present or (kept.diff() <= 0).any()):
+        raise ValueError(f"{where} returned {kept.tolist()}: expected sorted, unique indices in [0, {present})")
+    return kept
 
 # -----------------------------------------------------------------------------
 # FLOPs: FastV's accounting, the paper's "FLOPs Red" column
