@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-# command -> module; imported only when run, so `--help` and each command start fast.
+# command -> (its module, a one-line summary); each module adds its own options to the parser.
 COMMANDS = {
     "demo": ("feather_mini.demo", "what FastV, PyramidDrop and FEATHER keep on one image, and what it costs (default)"),
     "heatmap": ("feather_mini.heatmap", "how often each grid position is kept, per method, over many images (PNG)"),
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return importlib.import_module(args.module).main(args) or 0
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as e:
+    except (ValueError, TypeError, OSError) as e:  # OSError: a file that cannot be read or written
         print(f"feather-mini {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

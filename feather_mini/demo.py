@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -100,8 +101,9 @@ def run(model, processor, image, prompt: str, methods: list[str], question: synt
     inputs = processor(image, prompt)
     length = inputs.input_ids.shape[1]
     if length + max_new_tokens - 1 > cfg.max_position_embeddings:
-        raise ValueError(f"--prompt is too long: with the image's {inputs.visual_len} visual tokens it takes "
-                         f"{length} tokens, plus up to {max_new_tokens} new ones, over the model's context of "
+        too_long = "--prompt is too long" if length > cfg.max_position_embeddings else "too long an answer allowed"
+        raise ValueError(f"{too_long}: the prompt takes {length} tokens with the image's {inputs.visual_len} visual "
+                         f"tokens, plus --max-new-tokens {max_new_tokens}, over the model's context of "
                          f"{cfg.max_position_embeddings}")
     schedules = {m: schedule_for(m, cfg.num_hidden_layers) for m in dict.fromkeys(["none"] + methods)}
     seconds = time_prefills(model, inputs, schedules, repeats)
@@ -153,6 +155,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join([fmt(header)] + [fmt(line) for line in cells])
 
 
+def drawn_box(answer: str):
+    """The box to draw: only a well-formed "[x1, y1, x2, y2]" in the answer (the score also reads
+    looser answers, e.g. four loose numbers, which would draw as a box that was never given)."""
+    match = synthetic.BRACKETED.search(answer)
+    return tuple(float(v) for v in match.groups()) if match else None
+
+
 def figure(square, grid: tuple[int, int], first_patch: int, rows: list[dict], title: str, target_box=None):
     panels = []
     for r in rows:
@@ -163,7 +172,7 @@ def figure(square, grid: tuple[int, int], first_patch: int, rows: list[dict], ti
                                    f"FLOPs red. {100 * r['flops_reduction']:.1f}%, "
                                    f"time {r['prefill_ratio']:.2f} of none"],
                        "survived": pictures.stages_survived(kept, grid, first_patch) if stages else None,
-                       "num_stages": stages, "predicted_box": synthetic.parse_box(r["answer"] or "")})
+                       "num_stages": stages, "predicted_box": drawn_box(r["answer"] or "")})
     return pictures.demo_figure(square, grid, panels, title, target_box)
 
 # -----------------------------------------------------------------------------
@@ -194,27 +203,34 @@ def parse_methods(text: str, choices: tuple[str, ...]) -> list[str]:
 
 
 def output_path(text: str) -> Path:
+    """--out, checked before anything runs, so that a bad path does not waste the run."""
     out = Path(text)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {text!r}")
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a folder; name a .png file")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"--out: {out} cannot be written (permission denied)")
     return out
 
 
 def main(args) -> int:
     methods = parse_methods(args.methods, CHOICES)
+    if args.prompt is not None and not args.prompt.strip():
+        raise ValueError("--prompt is empty; leave it out for the default question")
     for name in ("max_new_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     out_png = output_path(args.out)
     if args.image:
         image = load_image(args.image)  # errors name the file, before the weights load
-        prompt, question = args.prompt or "Describe the image.", None
+        prompt, question = args.prompt if args.prompt is not None else "Describe the image.", None
         source = args.image
     else:
         index, scene, builtin = builtin_example()
-        image, prompt = scene.image(), args.prompt or builtin.question
+        image, prompt = scene.image(), args.prompt if args.prompt is not None else builtin.question
         question = reference(scene, prompt)
         source = f"built-in scene (synthetic test example {index})"
     model, processor = load_pretrained(args.weights, args.device, args.dtype)

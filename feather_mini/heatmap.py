@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from . import demo, evaluate, pictures, pruning
+from . import demo, evaluate, pictures, pruning, synthetic
 from .model import load_pretrained
 
 METHODS = ("fastv", "fastv_norope", "pyramid_drop", "feather")
@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint folder (default: the shipped model)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(pruning.PRESETS)}")
-    p.add_argument("--examples", type=int, default=100, help="test-split examples to run (default 100)")
+    p.add_argument("--examples", type=int, default=100,
+                   help=f"test-split examples to run, at most {synthetic.TEST_SIZE} (default 100)")
     p.add_argument("--stage", choices=("first", "last"), default="first",
                    help="which stage's kept tokens to count, for the multistage methods (default: first)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
@@ -55,8 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     methods = demo.parse_methods(args.methods, tuple(pruning.PRESETS))
-    if args.examples < 1:
-        raise ValueError(f"--examples must be at least 1, got {args.examples}")
+    if not 1 <= args.examples <= synthetic.TEST_SIZE:
+        raise ValueError(f"--examples must be between 1 and {synthetic.TEST_SIZE} (the test split), "
+                         f"got {args.examples}")
     out_png = demo.output_path(args.out)
     cases = evaluate.synthetic_cases(args.examples)
     model, processor = load_pretrained(args.weights, args.device, args.dtype)
@@ -77,9 +79,9 @@ def main(args) -> int:
         kept = frequency.sum().item()
         panels.append({"frequency": frequency.tolist(),
                        "caption": [f"{method}, layer {layer} of {depth}",
-                                   f"kept on average: {kept:.1f} of {frequency.numel()}",
+                                   f"kept on average: {kept:.1f} of {frequency.numel()} positions",
                                    f"of those in the bottom half: {100 * bottom:.1f}%"]})
-        lines.append(f"{method:<13} layer {layer}: mean kept {kept:5.1f} of {frequency.numel()}; "
+        lines.append(f"{method:<13} layer {layer}: mean kept {kept:5.1f} of {frequency.numel()} grid positions; "
                      f"in the bottom half {100 * bottom:5.1f}%")
     title = (f"How often each visual token is kept ({args.stage} stage), over {len(cases)} test examples "
              f"(row 0 = top of the image)")

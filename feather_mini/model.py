@@ -729,6 +729,8 @@ def load_model(path: str | Path, device=None, dtype=None) -> LlavaForConditional
     device, so a 7B checkpoint needs its own size in memory, not twice that.
     """
     folder = Path(path)
+    if folder.is_file():
+        raise NotADirectoryError(f"{folder} is a file; the weights are a checkpoint folder (config.json, safetensors)")
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {folder}")
     if not (folder / "config.json").is_file():

@@ -90,10 +90,13 @@ def token_panel(square: Image.Image, grid: tuple[int, int], survived: list[list[
 
 
 def legend(draw: ImageDraw.ImageDraw, x: int, y: int, entries: list[tuple[str, dict]], size: int = 13) -> None:
-    """A row of (label, swatch) pairs; a swatch is {"fill": rgb} or {"outline": rgb, "width": w}."""
+    """A row of (label, swatch) pairs; a swatch has a "fill", an "outline" (and its "width"), or
+    an "inner" frame drawn inside the fill."""
     for label, swatch in entries:
         draw.rectangle((x, y, x + 18, y + 14), fill=swatch.get("fill"), outline=swatch.get("outline", GREY),
                        width=swatch.get("width", 1))
+        if "inner" in swatch:
+            draw.rectangle((x + 3, y + 3, x + 15, y + 11), outline=swatch["inner"], width=2)
         draw.text((x + 24, y), label, fill=INK, font=font(size))
         x += 24 + text_width(draw, label, size) + 22
 
@@ -118,12 +121,12 @@ def demo_figure(square: Image.Image, grid: tuple[int, int], rows: list[dict], ti
                       font=font(14 if j == 0 else 13))
     dark = tuple(round(v * (1 - DIM_FIRST)) for v in (200, 200, 200))
     half = tuple(round(v * (1 - DIM_LATER)) for v in (200, 200, 200))
-    legend(draw, MARGIN, height - 26, [
-        ("kept to the end", {"fill": (200, 200, 200), "outline": KEPT_OUTLINE}),
-        ("dropped at a later stage", {"fill": half}),
-        ("dropped at the first stage", {"fill": dark}),
-        ("target box", {"outline": TARGET, "fill": (60, 60, 60), "width": 2}),
-        ("predicted box", {"outline": PREDICTED, "width": 3})])
+    entries = [("kept to the end", {"fill": (200, 200, 200), "outline": KEPT_OUTLINE}),
+               ("dropped at a later stage", {"fill": half}),
+               ("dropped at the first stage", {"fill": dark})]
+    if target_box is not None:  # white on the figure's white would vanish: a white frame inside a dark swatch
+        entries.append(("target box", {"fill": (60, 60, 60), "inner": TARGET}))
+    legend(draw, MARGIN, height - 26, entries + [("predicted box", {"outline": PREDICTED, "width": 3})])
     return figure
 
 
@@ -134,8 +137,8 @@ def ramp(value: float) -> tuple[int, int, int]:
 
 
 def heatmap_figure(panels: list[dict], title: str) -> Image.Image:
-    """panels: one dict per method with 'label' and 'caption' (text lines) and 'frequency'
-    (rows x cols of values in [0, 1]). Grid rows are labelled, row 0 at the top."""
+    """panels: one dict per method with 'caption' (text lines) and 'frequency' (rows x cols of
+    values in [0, 1]). Grid rows are labelled, row 0 at the top."""
     header, line, axis = 46, 17, 26
     caption_lines = max(len(p["caption"]) for p in panels)
     width = axis + MARGIN + len(panels) * (PANEL + MARGIN)

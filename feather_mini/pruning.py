@@ -24,6 +24,7 @@ departs from it (tie order, PyramidDrop's scoring layer), the docstring says so.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -179,7 +180,7 @@ class Stage:
     seed: phi_random's generator (the control); an evaluation gives each image its own.
     """
     layer: int
-    criterion: str
+    criterion: str | Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
     keep: float | None = None
     of_present: bool = False
     stride: int | None = None

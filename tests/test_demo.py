@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from feather_mini import demo, heatmap, load_pretrained, pruning
+from feather_mini import demo, heatmap, load_pretrained, pictures, pruning
 from feather_mini.__main__ import main
 from feather_mini.evaluate import SHIPPED_WEIGHTS, synthetic_cases
 
@@ -199,8 +199,29 @@ def test_error_device_not_available(tmp_path, capsys):
 def test_error_prompt_too_long(tmp_path, capsys):
     """A prompt past the shipped model's 512-token context: the count and the limit are named."""
     err = error_line(["demo", "--prompt", "red " * 400, "--out", str(tmp_path / "d.png")], capsys)
-    assert err == ("feather-mini demo: error: --prompt is too long: with the image's 144 visual tokens it takes "
-                   "547 tokens, plus up to 32 new ones, over the model's context of 512")
+    assert err == ("feather-mini demo: error: --prompt is too long: the prompt takes 547 tokens with the image's "
+                   "144 visual tokens, plus --max-new-tokens 32, over the model's context of 512")
+
+
+def test_error_answer_too_long(tmp_path, capsys):
+    """A short prompt but --max-new-tokens past the context: the message says which option overflows."""
+    err = error_line(["demo", "--max-new-tokens", "400", "--out", str(tmp_path / "d.png")], capsys)
+    assert err == ("feather-mini demo: error: too long an answer allowed: the prompt takes 152 tokens with the "
+                   "image's 144 visual tokens, plus --max-new-tokens 400, over the model's context of 512")
+
+
+def test_error_empty_prompt(tmp_path, capsys):
+    """--prompt "" is refused rather than silently replaced by the default question."""
+    err = error_line(["demo", "--prompt", " ", "--out", str(tmp_path / "d.png")], capsys)
+    assert err == "feather-mini demo: error: --prompt is empty; leave it out for the default question"
+
+
+def test_error_weights_is_a_file(tmp_path, capsys):
+    """--weights naming a file, not a folder."""
+    config = SHIPPED_WEIGHTS / "config.json"
+    err = error_line(["demo", "--weights", str(config), "--out", str(tmp_path / "d.png")], capsys)
+    assert err == (f"feather-mini demo: error: {config} is a file; the weights are a checkpoint folder "
+                   "(config.json, safetensors)")
 
 
 def test_error_out_not_png(tmp_path, capsys):
@@ -209,6 +230,9 @@ def test_error_out_not_png(tmp_path, capsys):
         f"--out must name a .png file, got '{tmp_path / 'd.jpg'}'")
     assert error_line(["demo", "--out", str(tmp_path / "no" / "d.png")], capsys).endswith(
         f"--out: folder {tmp_path / 'no'} does not exist")
+    (tmp_path / "folder.png").mkdir()
+    assert error_line(["demo", "--out", str(tmp_path / "folder.png")], capsys).endswith(
+        f"--out: {tmp_path / 'folder.png'} is a folder; name a .png file")
 
 
 def test_error_from_the_shell_has_no_traceback(tmp_path):
@@ -217,6 +241,53 @@ def test_error_from_the_shell_has_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"feather-mini demo: error: image file not found: {tmp_path / 'x.png'}"
+
+
+def test_demo_on_a_checkpoint_with_a_cls_token(tmp_path, capsys):
+    """vision_feature_select_strategy "full": 145 visual tokens, CLS first. FastV's indices then run over 0..144
+    and the picture still lays the 12x12 grid over the 144 patch tokens."""
+    folder = tmp_path / "full"
+    shutil.copytree(SHIPPED_WEIGHTS, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_feature_select_strategy"] = "full"
+    (folder / "config.json").write_text(json.dumps(config))
+    code, out, err = run_cli(["demo", "--weights", str(folder), "--methods", "none,fastv", "--repeats", "1",
+                              "--out", str(tmp_path / "d.png"), "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    kept = data["rows"][1]["kept"]["1"]
+    assert data["num_visual"] == 145 and len(kept) == int(0.25 * 145) == 36 and kept[-1] <= 144
+    with Image.open(tmp_path / "d.png") as image:
+        assert image.size == (760, 407)  # two panels: the figure's minimum width
+
+
+def test_stages_survived_counts_stages_per_grid_position():
+    """2x3 grid with a CLS token first (first_patch=1): index 1 is cell (0, 0), index 6 is cell (1, 2)."""
+    kept = {2: torch.tensor([0, 1, 3, 6]), 4: torch.tensor([1, 6])}
+    assert pictures.stages_survived(kept, (2, 3), first_patch=1) == [[2, 0, 1], [0, 0, 2]]
+    assert pictures.stages_survived({}, (2, 3), first_patch=0) == [[0, 0, 0], [0, 0, 0]]
+
+
+def test_dropped_tokens_are_dimmed_and_boxes_drawn():
+    """A white 2x2 image, one stage keeping cell (0, 0) only: that cell stays white, the others go dark; a
+    predicted box over the right half is drawn in orange at its left edge (x = 120 of 240)."""
+    square = Image.new("RGB", (2, 2), (255, 255, 255))
+    panel = pictures.token_panel(square, (2, 2), [[1, 0], [0, 0]], 1, predicted_box=(0.5, 0.0, 1.0, 1.0))
+    assert panel.getpixel((60, 60)) == (255, 255, 255)
+    assert panel.getpixel((60, 180)) == (45, 45, 45)  # 255 x (1 - DIM_FIRST 0.82) = 45.9, which Image.blend truncates
+    assert panel.getpixel((121, 180)) == pictures.PREDICTED
+
+
+def test_drawn_box_needs_a_bracketed_box():
+    """A garbled answer is scored by parse_box's loose reading but not drawn as a box."""
+    assert demo.drawn_box("[0.25, 0.08, 0.54, 0.38]") == (0.25, 0.08, 0.54, 0.38)
+    assert demo.drawn_box("[0.62, [0.00, [0.00, 0.67, 0.33") is None
+
+
+def test_heatmap_examples_within_the_test_split(tmp_path, capsys):
+    """--examples above the 400 questions of the test split is refused before anything runs."""
+    err = error_line(["heatmap", "--examples", "401", "--out", str(tmp_path / "h.png")], capsys)
+    assert err == "feather-mini heatmap: error: --examples must be between 1 and 400 (the test split), got 401"
 
 
 def test_heatmap_frequency_sums_to_the_budget():
@@ -234,7 +305,7 @@ def test_heatmap_on_8_examples_writes_the_png(tmp_path, capsys):
     assert code == 0, err
     lines = out.strip().splitlines()
     assert [line.split()[0] for line in lines[1:5]] == ["fastv", "fastv_norope", "pyramid_drop", "feather"]
-    assert lines[1].startswith("fastv         layer 1: mean kept  36.0 of 144")
+    assert lines[1].startswith("fastv         layer 1: mean kept  36.0 of 144 grid positions; in the bottom half")
     assert lines[-1] == f"wrote {png}" and "heatmap: 4/4 feather: 8/8" in err
     with Image.open(png) as image:
         assert image.size == (1046, 393)

@@ -70,7 +70,7 @@ def test_function_criterion_wrong_return_is_named(shipped, returned, message):
 
 def test_function_criterion_needs_keep_and_takes_no_stride():
     """keep is required, as for the attention criteria; stride belongs to the grid criteria."""
-    with pytest.raises(ValueError, match="stage 1 .layer 1, first_visual.: keep .a fraction of visual tokens. is required"):
+    with pytest.raises(ValueError, match=r"stage 1 \(layer 1, first_visual\): keep \(a fraction of visual tokens\)"):
         pruning.Schedule((pruning.Stage(1, first_visual),))
     with pytest.raises(ValueError, match="stride=3 only applies to phi_uniform and phi_ensemble"):
         pruning.Schedule((pruning.Stage(1, first_visual, 0.25, stride=3),))
