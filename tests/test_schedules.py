@@ -134,7 +134,8 @@ def test_unknown_criterion_and_missing_keep_are_refused():
     """Typos and forgotten budgets are named, with the criteria that exist."""
     assert error_of(lambda: Schedule([Stage(3, "phi_magic", 0.5)])) == (
         "schedule 'custom', stage 1 (layer 3, phi_magic): unknown criterion 'phi_magic'; expected one of "
-        "['phi_original', 'phi_no_rope', 'phi_knn', 'phi_uniform', 'phi_ensemble', 'phi_random']")
+        "['phi_original', 'phi_no_rope', 'phi_knn', 'phi_uniform', 'phi_ensemble', 'phi_random'] "
+        "or a function criterion(query, keys, budget)")
     assert error_of(lambda: Schedule([Stage(3, "phi_no_rope")])) == (
         "schedule 'custom', stage 1 (layer 3, phi_no_rope): keep (a fraction of visual tokens) is required")
     assert error_of(lambda: Schedule([])) == (

@@ -8,6 +8,7 @@ Rules the chapters follow (and this file enforces):
 - The first fenced block after a ```python block, when its info string is exactly `text`,
   is that block's output and is compared exactly (trailing spaces and blank edge lines
   aside). `text unchecked` marks output that varies (timings): shown, never compared.
+- A block with no output block after it must print nothing, so no output goes stale unseen.
 - Blocks run with the working directory set to a temporary folder, so a chapter that
   writes a file does not touch the repository.
 """
@@ -33,6 +34,7 @@ class Block:
     code: str
     expected: str | None  # the checked output, or None when there is none (or it is unchecked)
     run: bool
+    unchecked: bool = False  # its output is shown as `text unchecked` (timings): printed, never compared
 
 
 def fenced_blocks(markdown: str) -> list[tuple[str, str]]:
@@ -60,8 +62,9 @@ def python_blocks(markdown: str) -> list[Block]:
             continue
         following = fenced[i + 1] if i + 1 < len(fenced) else None
         expected = following[1] if following is not None and following[0] == "text" else None
+        unchecked = following is not None and following[0] == "text unchecked"
         run = not body.lstrip().startswith(NOT_RUN)
-        blocks.append(Block(len(blocks) + 1, body, expected, run))
+        blocks.append(Block(len(blocks) + 1, body, expected, run, unchecked))
     return blocks
 
 
@@ -86,6 +89,9 @@ def run_chapter(name: str, markdown: str) -> int:
             raise AssertionError(f"{where} raised {type(e).__name__}: {e}\n{traceback.format_exc()}\n"
                                  f"printed before that:\n{stdout.getvalue()}") from e
         ran += 1
+        if block.expected is None and not block.unchecked and stdout.getvalue().strip():
+            raise AssertionError(f"{where} printed output that the chapter does not show (add a ```text block "
+                                 f"after it, or `text unchecked` for timings):\n{stdout.getvalue()}")
         if block.expected is not None and normalized(stdout.getvalue()) != normalized(block.expected):
             diff = "\n".join(difflib.unified_diff(normalized(block.expected).splitlines(),
                                                   normalized(stdout.getvalue()).splitlines(),
@@ -159,8 +165,8 @@ print(x - 2)
 def test_runner_checks_outputs_and_skips_marked_blocks():
     """A correct sample chapter passes: two checked outputs, one unchecked, one block not run."""
     blocks = python_blocks(SAMPLE)
-    assert [(b.number, b.expected, b.run) for b in blocks] == [
-        (1, "42", True), (2, None, True), (3, None, False), (4, "40", True)]
+    assert [(b.number, b.expected, b.run, b.unchecked) for b in blocks] == [
+        (1, "42", True, False), (2, None, True, True), (3, None, False, False), (4, "40", True, False)]
     assert run_chapter("sample.md", SAMPLE) == 3
 
 
@@ -169,6 +175,12 @@ def test_runner_reports_a_wrong_output_with_chapter_and_block():
     with pytest.raises(AssertionError, match=r"sample\.md, python block 4: its output differs") as error:
         run_chapter("sample.md", SAMPLE.replace("40\n", "39\n"))
     assert "-39" in str(error.value) and "+40" in str(error.value)
+
+
+def test_runner_refuses_output_the_chapter_does_not_show():
+    """A block that prints but has no output block after it fails: its output could go stale unseen."""
+    with pytest.raises(AssertionError, match=r"sample\.md, python block 4 printed output that the chapter does not"):
+        run_chapter("sample.md", SAMPLE.replace("```text\n40\n```\n", ""))
 
 
 def test_runner_reports_an_exception_with_chapter_and_block():
