@@ -19,8 +19,6 @@ image (test example 4, "Where is the yellow circle?"), where RoPE's decay works 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import statistics
@@ -30,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import pictures, pruning, synthetic
-from .bench import now
+from .bench import now, schedules_for
 from .evaluate import SHIPPED_WEIGHTS, Case, box_in_square, correct
 from .model import load_pretrained
 from .processing import expand_to_square, load_image
@@ -65,15 +63,6 @@ def reference(scene: synthetic.Scene, prompt: str) -> synthetic.Question | None:
 # Running the methods
 
 
-def schedule_for(method: str, num_layers: int) -> pruning.Schedule | None:
-    """The preset at its default layers, scaled to the model's depth (the scaling note is kept in
-    schedule.note rather than printed, so that --json output stays JSON)."""
-    if method == "none":
-        return None
-    with contextlib.redirect_stdout(io.StringIO()):
-        return pruning.PRESETS[method](num_layers=num_layers)
-
-
 def time_prefills(model, inputs, schedules: dict, repeats: int) -> dict[str, list[float]]:
     """Seconds of one prefill (vision tower included, last token's logits only, as generation
     does), `repeats` times per method. Each round runs every method once, so a slow moment of
@@ -105,7 +94,9 @@ def run(model, processor, image, prompt: str, methods: list[str], question: synt
         raise ValueError(f"{too_long}: the prompt takes {length} tokens with the image's {inputs.visual_len} visual "
                          f"tokens, plus --max-new-tokens {max_new_tokens}, over the model's context of "
                          f"{cfg.max_position_embeddings}")
-    schedules = {m: schedule_for(m, cfg.num_hidden_layers) for m in dict.fromkeys(["none"] + methods)}
+    # Each preset at its default layers, scaled to the model's depth; the scaling note goes into
+    # the schedule's name line rather than to stdout, so that --json output stays JSON.
+    schedules = schedules_for(list(dict.fromkeys(["none"] + methods)), cfg.num_hidden_layers)
     seconds = time_prefills(model, inputs, schedules, repeats)
     num_text = length - inputs.visual_len
     rows = []
@@ -166,12 +157,11 @@ def figure(square, grid: tuple[int, int], first_patch: int, rows: list[dict], ti
     panels = []
     for r in rows:
         stages = len(r["kept"])
-        kept = {layer: torch.tensor(idx) for layer, idx in r["kept"].items()}
         panels.append({"caption": [r["method"], f"answer: {r['answer']}", score(r),
                                    f"kept {kept_counts(r)}" if stages else "kept all",
                                    f"FLOPs red. {100 * r['flops_reduction']:.1f}%, "
                                    f"time {r['prefill_ratio']:.2f} of none"],
-                       "survived": pictures.stages_survived(kept, grid, first_patch) if stages else None,
+                       "survived": pictures.stages_survived(r["kept"], grid, first_patch) if stages else None,
                        "num_stages": stages, "predicted_box": drawn_box(r["answer"] or "")})
     return pictures.demo_figure(square, grid, panels, title, target_box)
 

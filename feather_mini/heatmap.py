@@ -17,6 +17,7 @@ import sys
 import torch
 
 from . import demo, evaluate, pictures, pruning, synthetic
+from .bench import schedules_for
 from .model import load_pretrained
 
 METHODS = ("fastv", "fastv_norope", "pyramid_drop", "feather")
@@ -66,7 +67,7 @@ def main(args) -> int:
     stage = 0 if args.stage == "first" else -1
     panels, lines = [], []
     for n, method in enumerate(methods, start=1):
-        schedule = demo.schedule_for(method, depth)
+        schedule = schedules_for([method], depth)[method]
 
         def progress(done, n=n, method=method):
             if done == len(cases) or sys.stderr.isatty():  # a log file gets one line per method

@@ -41,13 +41,13 @@ def fit(draw: ImageDraw.ImageDraw, text: str, size: int, width: int) -> str:
 def stages_survived(kept: dict, grid: tuple[int, int], first_patch: int) -> list[list[int]]:
     """rows x cols: how many of the schedule's stages each grid position survived.
 
-    kept: {layer: original visual-token indices kept at that stage} (a run's `kept`);
+    kept: {layer: original visual-token indices kept at that stage} (a run's `kept`, tensors or lists);
     first_patch: the index of the grid's first token (1 when a CLS token comes first).
     With no stages every position counts as kept (0 stages, all survived)."""
     rows, cols = grid
     survived = [[0] * cols for _ in range(rows)]
     for layer in sorted(kept):
-        for index in kept[layer].tolist():
+        for index in map(int, kept[layer]):
             if index >= first_patch:
                 r, c = divmod(index - first_patch, cols)
                 survived[r][c] += 1

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from feather_mini import demo, heatmap, load_pretrained, pictures, pruning
+from feather_mini import bench, demo, heatmap, load_pretrained, pictures, pruning
 from feather_mini.__main__ import main
 from feather_mini.evaluate import SHIPPED_WEIGHTS, synthetic_cases
 
@@ -293,7 +293,7 @@ def test_heatmap_examples_within_the_test_split(tmp_path, capsys):
 def test_heatmap_frequency_sums_to_the_budget():
     """FastV keeps 36 tokens per image, so over 8 images its frequencies sum to 36; each lies in [0, 1]."""
     model, processor = load_pretrained(SHIPPED_WEIGHTS)
-    frequency = heatmap.kept_frequency(model, processor, synthetic_cases(8), demo.schedule_for("fastv", 8), 0)
+    frequency = heatmap.kept_frequency(model, processor, synthetic_cases(8), bench.schedules_for(["fastv"], 8)["fastv"], 0)
     assert frequency.shape == (12, 12)
     assert frequency.sum().item() == pytest.approx(36.0) and 0 <= frequency.min() and frequency.max() <= 1
 
