@@ -29,7 +29,7 @@ import torch
 
 from . import pictures, pruning, synthetic
 from .bench import now, schedules_for
-from .evaluate import SHIPPED_WEIGHTS, Case, box_in_square, correct
+from .evaluate import SHIPPED_WEIGHTS, Case, box_in_square, correct, parse_methods
 from .model import load_pretrained
 from .processing import expand_to_square, load_image
 
@@ -183,15 +183,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed prefills per method (the median is reported)")
 
 
-def parse_methods(text: str, choices: tuple[str, ...]) -> list[str]:
-    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in methods if m not in choices]
-    if unknown or not methods:
-        raise ValueError(f"--methods: unknown method {unknown[0] if unknown else '(none given)'!r}; "
-                         f"expected a comma-separated subset of {', '.join(choices)}")
-    return methods
-
-
 def output_path(text: str) -> Path:
     """--out, checked before anything runs, so that a bad path does not waste the run."""
     out = Path(text)
@@ -207,7 +198,7 @@ def output_path(text: str) -> Path:
 
 
 def main(args) -> int:
-    methods = parse_methods(args.methods, CHOICES)
+    methods = parse_methods(args.methods, CHOICES)  # evaluate's, so every command reads --methods alike
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty; leave it out for the default question")
     for name in ("max_new_tokens", "repeats"):
@@ -229,9 +220,8 @@ def main(args) -> int:
     background = tuple(int(m * 255) for m in processor.mean)
     square = expand_to_square(image, background)  # what the model sees, so the grid lies over it
     target = box_in_square(question.box, image.size) if question is not None and question.task == "loc" else None
-    first_patch = processor.num_visual_tokens - processor.grid[0] * processor.grid[1]  # 1 with a CLS token
     title = f"{prompt}  (reference: {question.answer})" if question is not None else prompt
-    figure(square, processor.grid, first_patch, rows, title, target).save(out_png)
+    figure(square, processor.grid, processor.first_patch, rows, title, target).save(out_png)
 
     if args.json:
         print(json.dumps({"weights": str(args.weights), "device": str(model.device), "dtype": str(model.dtype),

@@ -158,8 +158,8 @@ def evaluate(model, processor, cases: list[Case], method: str, schedule, progres
         (loc if case.task == "loc" else other).append(correct(case, out.text))
         if out.kept:
             first = out.kept[min(out.kept)]  # original indices kept at the first stage
-            cls = inputs.visual_len - rows * cols  # 1 with vision_feature_select_strategy "full": CLS first
-            per_row += torch.bincount((first[first >= cls] - cls) // cols, minlength=rows)
+            cells = first[first >= processor.first_patch] - processor.first_patch  # CLS, if any, is no cell
+            per_row += torch.bincount(cells // cols, minlength=rows)
         num_text = inputs.input_ids.shape[1] - inputs.visual_len
         reduction += pruning.flops_reduction(out.kept, inputs.visual_len, num_text, cfg.num_hidden_layers,
                                              cfg.hidden_size, cfg.intermediate_size)
@@ -225,12 +225,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
 
 
-def main(args) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+def parse_methods(text: str, choices: tuple[str, ...]) -> list[str]:
+    """--methods: a comma-separated subset of `choices`, in the order given, each once."""
+    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in choices]
     if unknown or not methods:
         raise ValueError(f"--methods: unknown method {unknown[0] if unknown else '(none given)'!r}; "
-                         f"expected a comma-separated subset of {', '.join(METHODS)}")
+                         f"expected a comma-separated subset of {', '.join(choices)}")
+    return methods
+
+
+def progress_line(prefix: str, n: int, of: int, label: str, total: int):
+    """A callback done -> one progress line on stderr for the n-th of `of` runs over `total` items
+    ("eval: row 3/15 fastv (layers 2): 40/400"): redrawn in place on a terminal, printed once (when
+    done) into a log file."""
+    def progress(done: int) -> None:
+        if done == total or sys.stderr.isatty():
+            print(f"\r{prefix} {n}/{of} {label}: {done}/{total}", end="\n" if done == total else "",
+                  file=sys.stderr, flush=True)
+    return progress
+
+
+def main(args) -> int:
+    methods = parse_methods(args.methods, METHODS)
     for name in ("limit", "max_new_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -247,11 +264,7 @@ def main(args) -> int:
     rows, histograms = [], {}
     for n, (method, schedule) in enumerate(rows_to_run, start=1):
         label = f"{method} (layers {','.join(str(s.layer) for s in schedule.stages)})" if schedule else method
-        def progress(done, n=n, label=label):
-            if done == len(cases) or sys.stderr.isatty():  # a log file gets one line per row
-                end = "\n" if done == len(cases) else ""
-                print(f"\reval: row {n}/{len(rows_to_run)} {label}: {done}/{len(cases)}", end=end, file=sys.stderr,
-                      flush=True)
+        progress = progress_line("eval: row", n, len(rows_to_run), label, len(cases))
         row, per_row = evaluate(model, processor, cases, method, schedule, progress, args.max_new_tokens)
         rows.append(row)
         histograms[(method, tuple(row["layer"]))] = per_row

@@ -12,7 +12,6 @@ nearest the text that follows the image.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -27,7 +26,7 @@ def kept_frequency(model, processor, cases, schedule: pruning.Schedule, stage: i
     """(rows, cols) float: the share of `cases` in which each grid position survives the
     schedule's stage number `stage` (0 = first, -1 = last). Prefills only: nothing is generated."""
     rows, cols = processor.grid
-    first_patch = processor.num_visual_tokens - rows * cols  # 1 when a CLS token comes first
+    first_patch = processor.first_patch  # 1 when a CLS token comes first
     counts = torch.zeros(rows * cols)
     layer = schedule.layers[stage]
     with torch.inference_mode():
@@ -56,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    methods = demo.parse_methods(args.methods, tuple(pruning.PRESETS))
+    methods = evaluate.parse_methods(args.methods, tuple(pruning.PRESETS))
     if not 1 <= args.examples <= synthetic.TEST_SIZE:
         raise ValueError(f"--examples must be between 1 and {synthetic.TEST_SIZE} (the test split), "
                          f"got {args.examples}")
@@ -68,11 +67,7 @@ def main(args) -> int:
     panels, lines = [], []
     for n, method in enumerate(methods, start=1):
         schedule = schedules_for([method], depth)[method]
-
-        def progress(done, n=n, method=method):
-            if done == len(cases) or sys.stderr.isatty():  # a log file gets one line per method
-                print(f"\rheatmap: {n}/{len(methods)} {method}: {done}/{len(cases)}",
-                      end="\n" if done == len(cases) else "", file=sys.stderr, flush=True)
+        progress = evaluate.progress_line("heatmap:", n, len(methods), method, len(cases))
         frequency = kept_frequency(model, processor, cases, schedule, stage, progress)
         layer = schedule.layers[stage]
         per_row = frequency.sum(dim=1)

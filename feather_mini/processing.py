@@ -94,6 +94,9 @@ class Processor:
         if min(std) <= 0:
             raise ValueError(f"image_std must be positive, got {std!r}")
         self.mean, self.std = tuple(mean), tuple(std)
+        # The grid's first token among the visual tokens: 1 when CLIP's CLS token comes first
+        # (vision_feature_select_strategy "full"), else 0. Kept indices minus this are grid cells.
+        self.first_patch = num_visual_tokens - self.grid[0] * self.grid[1]
         found = tokenizer.token_to_id(IMAGE_PLACEHOLDER)
         if found != image_token_index:
             raise ValueError(f"tokenizer has {IMAGE_PLACEHOLDER!r} as id {found}, but the model's "
