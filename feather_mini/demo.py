@@ -205,7 +205,7 @@ def main(args) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     out_png = output_path(args.out)
-    if args.image:
+    if args.image is not None:  # an empty --image is an error of load_image's, not the built-in scene
         image = load_image(args.image)  # errors name the file, before the weights load
         prompt, question = args.prompt if args.prompt is not None else "Describe the image.", None
         source = args.image
@@ -215,13 +215,17 @@ def main(args) -> int:
         question = reference(scene, prompt)
         source = f"built-in scene (synthetic test example {index})"
     model, processor = load_pretrained(args.weights, args.device, args.dtype)
+    unknown = processor.unknown_words(prompt)
+    if unknown:
+        print(f"feather-mini demo: note: {', '.join(map(repr, unknown))} not in the model's vocabulary "
+              "(read as <unk>)", file=sys.stderr)
     rows = run(model, processor, image, prompt, methods, question, args.max_new_tokens, args.repeats)
 
     background = tuple(int(m * 255) for m in processor.mean)
     square = expand_to_square(image, background)  # what the model sees, so the grid lies over it
     target = box_in_square(question.box, image.size) if question is not None and question.task == "loc" else None
     title = f"{prompt}  (reference: {question.answer})" if question is not None else prompt
-    figure(square, processor.grid, processor.first_patch, rows, title, target).save(out_png)
+    picture = figure(square, processor.grid, processor.first_patch, rows, title, target)
 
     if args.json:
         print(json.dumps({"weights": str(args.weights), "device": str(model.device), "dtype": str(model.dtype),
@@ -229,6 +233,7 @@ def main(args) -> int:
                           "reference": question.answer if question is not None else None,
                           "grid": list(processor.grid), "num_visual": processor.num_visual_tokens,
                           "png": str(out_png), "rows": rows}, indent=1))
+        save_picture(picture, out_png)
         print(f"wrote {out_png}", file=sys.stderr)
         return 0
     where = f"{args.weights} on {model.device} ({str(model.dtype).removeprefix('torch.')})"
@@ -239,5 +244,14 @@ def main(args) -> int:
     print(table(rows))
     print(f"prefill = one forward over the prompt, vision tower included, median of {args.repeats}; time / none = "
           "median of the per-round ratios; FLOPs red. = FastV's count for the decoder")
+    save_picture(picture, out_png)
     print(f"wrote {out_png}")
     return 0
+
+
+def save_picture(picture, out: Path) -> None:
+    """Write the PNG after the table is printed, so that a full disk does not throw the run's results away."""
+    try:
+        picture.save(out)
+    except OSError as e:
+        raise OSError(f"--out: could not write {out} ({e.strerror or e})") from None

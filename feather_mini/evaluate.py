@@ -9,6 +9,11 @@ then PyramidDrop and FEATHER. Columns:
   visual tokens actually kept (it counts the SwiGLU MLP as two matrices, as FastV does);
 - loc_acc: Acc@0.5 (IoU >= 0.5) of the predicted boxes;
 - other_acc: exact-match accuracy on the colour, count and existence questions;
+- loc_acc_top, loc_acc_bottom: loc_acc over the questions whose target's centre lies in the top
+  (bottom) half of the image (a centre exactly on the middle line counts in neither): the link
+  between where a method keeps visual tokens and which boxes it loses;
+- loc_se, other_se, loc_top_se, loc_bottom_se: the binomial standard error of each accuracy,
+  sqrt(p (1 - p) / n), so that a difference can be read against the noise of n questions;
 - bottom_share: the share of the visual tokens kept at the FIRST stage that lie in the
   bottom half of the grid (0.5 for an even spread).
 
@@ -31,14 +36,25 @@ import torch
 
 from . import pruning, synthetic
 from .model import load_pretrained
-from .processing import load_image
+from .processing import IMAGE_PLACEHOLDER, load_image
 
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "feather-tiny"
+
+
+def shipped_weights(name: str = "feather-tiny") -> Path:
+    """A model shipped in weights/: inside the installed package (pyproject maps weights/ to
+    feather_mini/weights), or in the checkout beside it (an editable install, the tests)."""
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "weights" / name, here.parent / "weights" / name
+    return installed if installed.is_dir() else checkout
+
+
+SHIPPED_WEIGHTS = shipped_weights()
 CRITERION_PRESETS = ("fastv", "fastv_norope", "knn", "uniform", "ensemble", "random")  # one criterion each
 MULTISTAGE_PRESETS = ("pyramid_drop", "feather")
 METHODS = ("none",) + CRITERION_PRESETS + MULTISTAGE_PRESETS
 EARLY_K, LATER_K = 3, 8  # in the presets' 32-layer numbering
-KEYS = ("method", "layer", "flops_reduction", "loc_acc", "other_acc", "bottom_share")
+KEYS = ("method", "layer", "flops_reduction", "loc_acc", "other_acc", "bottom_share",
+        "loc_acc_top", "loc_acc_bottom", "loc_se", "other_se", "loc_top_se", "loc_bottom_se")
 
 # -----------------------------------------------------------------------------
 # What is evaluated: one question about one image, with its reference answer
@@ -68,11 +84,17 @@ def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> li
     """A RefCOCO-style file: one JSON object a line with "image" (a path, relative to the file's
     folder unless absolute), "expression" and "box" ([x1, y1, x2, y2] in the image's pixels).
     Every problem is reported with the file and line number."""
+    if str(path) == "":
+        raise ValueError("--data is empty; leave it out for the synthetic test split")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--data: file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--data: {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     cases = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}, line {number}"
@@ -85,6 +107,11 @@ def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> li
         for key in ("image", "expression", "box"):
             if key not in record:
                 raise ValueError(f"{where}: missing field {key!r} (each line needs image, expression, box)")
+        if not isinstance(record["image"], str) or not record["image"].strip():
+            raise ValueError(f"{where}: image must be a non-empty path string, got {record['image']!r}")
+        if not isinstance(record["expression"], str) or IMAGE_PLACEHOLDER in record["expression"]:
+            raise ValueError(f"{where}: expression must be a string without {IMAGE_PLACEHOLDER!r} "
+                             f"(the processor places the image), got {record['expression']!r}")
         box = record["box"]
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
@@ -94,7 +121,7 @@ def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> li
             image_path = path.parent / image_path
         try:
             image = load_image(image_path)
-        except (FileNotFoundError, ValueError) as e:
+        except (OSError, ValueError) as e:  # OSError: missing, a folder, unreadable
             raise ValueError(f"{where}: {e}") from None
         w, h = image.size
         x1, y1, x2, y2 = box
@@ -124,6 +151,24 @@ def correct(case: Case, answer: str) -> bool:
         return synthetic.box_correct(answer, box_in_square(case.box, case.size))
     return synthetic.word_correct(answer, case.answer)
 
+
+def half(case: Case) -> str | None:
+    """"top" or "bottom": the half of the (square-padded) image holding the target box's centre;
+    None for a centre exactly on the middle line, and for questions without a box."""
+    if case.task != "loc":
+        return None
+    _, y1, _, y2 = box_in_square(case.box, case.size)
+    centre = (y1 + y2) / 2
+    return "top" if centre < 0.5 else "bottom" if centre > 0.5 else None
+
+
+def accuracy(hits: list[bool]) -> tuple[float | None, float | None]:
+    """(the share of hits, its binomial standard error sqrt(p (1 - p) / n)); (None, None) for no questions."""
+    if not hits:
+        return None, None
+    p = sum(hits) / len(hits)
+    return p, (p * (1 - p) / len(hits)) ** 0.5
+
 # -----------------------------------------------------------------------------
 # Methods -> schedules, and one row of the table
 
@@ -151,11 +196,15 @@ def evaluate(model, processor, cases: list[Case], method: str, schedule, progres
     many kept visual tokens (first stage) fell in each row of the grid, over all cases."""
     cfg, (rows, cols) = model.config.text_config, processor.grid
     loc, other, reduction = [], [], 0.0
+    by_half: dict[str, list[bool]] = {"top": [], "bottom": []}
     per_row = torch.zeros(rows, dtype=torch.long)
     for i, case in enumerate(cases):
         inputs = processor(case.image, case.question)
         out = model.generate(inputs, max_new_tokens, reseeded(schedule, i))
-        (loc if case.task == "loc" else other).append(correct(case, out.text))
+        hit = correct(case, out.text)
+        (loc if case.task == "loc" else other).append(hit)
+        if half(case):
+            by_half[half(case)].append(hit)
         if out.kept:
             first = out.kept[min(out.kept)]  # original indices kept at the first stage
             cells = first[first >= processor.first_patch] - processor.first_patch  # CLS, if any, is no cell
@@ -165,10 +214,12 @@ def evaluate(model, processor, cases: list[Case], method: str, schedule, progres
                                              cfg.hidden_size, cfg.intermediate_size)
         if progress:
             progress(i + 1)
-    mean = lambda hits: sum(hits) / len(hits) if hits else None  # noqa: E731
+    (loc_acc, loc_se), (other_acc, other_se) = accuracy(loc), accuracy(other)
+    (top_acc, top_se), (bottom_acc, bottom_se) = accuracy(by_half["top"]), accuracy(by_half["bottom"])
     row = {"method": method, "layer": [s.layer for s in schedule.stages] if schedule is not None else [],
-           "flops_reduction": reduction / len(cases), "loc_acc": mean(loc), "other_acc": mean(other),
-           "bottom_share": bottom_share(per_row.tolist())}
+           "flops_reduction": reduction / len(cases), "loc_acc": loc_acc, "other_acc": other_acc,
+           "bottom_share": bottom_share(per_row.tolist()), "loc_acc_top": top_acc, "loc_acc_bottom": bottom_acc,
+           "loc_se": loc_se, "other_se": other_se, "loc_top_se": top_se, "loc_bottom_se": bottom_se}
     return row, per_row.tolist()
 
 
@@ -185,7 +236,7 @@ def reseeded(schedule, seed: int):
     that its average over the split is unbiased; every other schedule is returned as it is."""
     if schedule is None or all(s.criterion != "phi_random" for s in schedule.stages):
         return schedule
-    return pruning.Schedule(tuple(replace(s, seed=seed) for s in schedule.stages), schedule.name, schedule.note)
+    return replace(schedule, stages=tuple(replace(s, seed=seed) for s in schedule.stages))
 
 
 def row_histogram(per_row: list[int], width: int = 40) -> str:
@@ -196,14 +247,17 @@ def row_histogram(per_row: list[int], width: int = 40) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """The rows as a Markdown table; fractions as percentages."""
+    """The rows as a Markdown table; fractions as percentages, accuracies with their standard error."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | first stage kept in bottom half % |",
-             "|---|---|---:|---:|---:|---:|"]
+    acc = lambda v, se: "-" if v is None else f"{100 * v:.1f} ± {100 * se:.1f}"  # noqa: E731
+    lines = ["| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | loc, target in top half % "
+             "| loc, target in bottom half % | first stage kept in bottom half % |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         layer = ",".join(map(str, r["layer"])) or "-"
-        lines.append(f"| {r['method']} | {layer} | {pct(r['flops_reduction'])} | {pct(r['loc_acc'])} | "
-                     f"{pct(r['other_acc'])} | {pct(r['bottom_share'])} |")
+        lines.append(f"| {r['method']} | {layer} | {pct(r['flops_reduction'])} | {acc(r['loc_acc'], r['loc_se'])} | "
+                     f"{acc(r['other_acc'], r['other_se'])} | {acc(r['loc_acc_top'], r['loc_top_se'])} | "
+                     f"{acc(r['loc_acc_bottom'], r['loc_bottom_se'])} | {pct(r['bottom_share'])} |")
     return "\n".join(lines)
 
 # -----------------------------------------------------------------------------
@@ -257,7 +311,7 @@ def main(args) -> int:
         template_ok = False
     if not template_ok:
         raise ValueError(f"--template must contain {{expression}} and no other braces, got {args.template!r}")
-    cases = (jsonl_cases(args.data, args.template, args.limit) if args.data else
+    cases = (jsonl_cases(args.data, args.template, args.limit) if args.data is not None else
              synthetic_cases(args.limit or synthetic.TEST_SIZE))
     model, processor = load_pretrained(args.weights, args.device, args.dtype)
     rows_to_run = schedules(methods, model.config.text_config.num_hidden_layers)
@@ -271,7 +325,7 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        source = f"{args.data}, {len(cases)} expressions" if args.data else f"synthetic test split, {len(cases)} questions"
+        source = f"{args.data}, {len(cases)} expressions" if args.data is not None else f"synthetic test split, {len(cases)} questions"
         print(f"{args.weights} on {source}; layers are this model's ({model.config.text_config.num_hidden_layers}"
               f" decoder layers); pruning after layer 0 is 'layer 1'")
         print(table(rows))

@@ -81,8 +81,8 @@ def main(args) -> int:
                      f"in the bottom half {100 * bottom:5.1f}%")
     title = (f"How often each visual token is kept ({args.stage} stage), over {len(cases)} test examples "
              f"(row 0 = top of the image)")
-    pictures.heatmap_figure(panels, title).save(out_png)
     print(f"{args.weights}, {len(cases)} examples of the synthetic test split, {args.stage} stage:")
     print("\n".join(lines))
+    demo.save_picture(pictures.heatmap_figure(panels, title), out_png)
     print(f"wrote {out_png}")
     return 0

@@ -19,7 +19,8 @@ modeling_llava.py; tests/test_parity.py checks this file against them.
 """
 from __future__ import annotations
 
-import json
+import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -27,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
+
+from .processing import Processor, json_object, read_json  # processing.py imports nothing from here
 
 # -----------------------------------------------------------------------------
 # Configs: frozen dataclasses shaped like llava-hf's config.json; defaults = LLaVA-1.5-7B
@@ -44,6 +47,14 @@ class VisionConfig:
     num_channels: int = 3
     layer_norm_eps: float = 1e-5
     hidden_act: str = "quick_gelu"
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.image_size < self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
 
     @property
     def grid(self) -> int:
@@ -71,11 +82,20 @@ class TextConfig:
     eos_token_id: int | list[int] = 2
 
     def __post_init__(self):
+        _check_fields(self)
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                             f"{self.num_attention_heads} (and no head_dim is given)")
         # Resolve the two derived sizes once, so every reader sees plain ints.
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} is odd; RoPE rotates pairs of dimensions")
 
 
 @dataclass(frozen=True)
@@ -98,11 +118,7 @@ class LlavaConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> LlavaConfig:
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> LlavaConfig:
@@ -114,14 +130,17 @@ class LlavaConfig:
 
     @classmethod
     def _from_dict(cls, raw: dict) -> LlavaConfig:
-        for where, d, expected in [("model_type", raw, "llava"),
-                                   ("text_config.model_type", raw.get("text_config") or {}, "llama"),
-                                   ("vision_config.model_type", raw.get("vision_config") or {}, "clip_vision_model")]:
+        raw = json_object(raw, "the config")
+        # A missing or null section means the defaults; anything else must be an object.
+        text, vision = ({} if raw.get(k) is None else json_object(raw[k], k) for k in ("text_config", "vision_config"))
+        for where, d, expected in [("model_type", raw, "llava"), ("text_config.model_type", text, "llama"),
+                                   ("vision_config.model_type", vision, "clip_vision_model")]:
             if d.get("model_type", expected) != expected:
                 raise ValueError(f"{where} is {d['model_type']!r}; this file implements {expected!r}")
-        text = dict(raw.get("text_config") or {})
+        text = dict(text)
         # transformers 5 writes rope_parameters; earlier versions rope_theta and rope_scaling.
-        rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+        key = "rope_parameters" if text.get("rope_parameters") else "rope_scaling"
+        rope = json_object(text.get(key) or {}, f"text_config.{key}")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise ValueError(f"text_config RoPE type {rope_type!r} is not supported "
@@ -132,16 +151,17 @@ class LlavaConfig:
         if "image_token_id" in raw and "image_token_index" not in raw:
             top["image_token_index"] = raw["image_token_id"]
         # Old llava-hf configs stored the tie flag inside text_config.
-        top["tie_word_embeddings"] = bool(raw.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
-        return cls(**top, vision_config=VisionConfig(**_known_fields(VisionConfig, raw.get("vision_config") or {})),
-                   text_config=TextConfig(**_known_fields(TextConfig, text)))
+        top["tie_word_embeddings"] = raw.get("tie_word_embeddings") or text.get("tie_word_embeddings") or False
+        return cls(**top, vision_config=_section(VisionConfig, "vision_config", vision),
+                   text_config=_section(TextConfig, "text_config", text))
 
     def __post_init__(self):
         """Refuse, naming the field, settings this file does not implement."""
         layers = self.vision_config.num_hidden_layers
-        if not isinstance(self.vision_feature_layer, int):
+        if not is_int(self.vision_feature_layer):
             raise ValueError(f"vision_feature_layer={self.vision_feature_layer!r}: only a single int "
                              "layer is supported (LLaVA-1.5 uses -2)")
+        _check_fields(self)
         if not -(layers + 1) <= self.vision_feature_layer <= layers:
             raise ValueError(f"vision_feature_layer={self.vision_feature_layer} is outside the "
                              f"{layers + 1} hidden states of a {layers}-layer vision tower")
@@ -159,6 +179,56 @@ def _known_fields(cls, raw: dict) -> dict:
     """The entries of a config.json dict that `cls` declares (model_type, dtype... are ignored)."""
     names = {f.name for f in fields(cls)} - {"vision_config", "text_config"}
     return {k: v for k, v in raw.items() if k in names}
+
+
+def _section(cls, name: str, raw: dict):
+    """cls built from config.json's `name` section; its errors name the key as name.key."""
+    try:
+        return cls(**_known_fields(cls, raw))
+    except ValueError as e:
+        raise ValueError(f"{name}.{e}") from None
+
+
+# Layer counts beyond this are typos (Llama-3.1-405B has 126): building the modules of 100000
+# layers, only to find that the checkpoint lacks them, would take minutes.
+MAX_LAYERS = 1024
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # Python's True is an int; a config's is not
+
+
+# What each kind of config field must be: (the error's wording, the test).
+_FIELD_RULES = {
+    "size": ("a positive int", lambda v: is_int(v) and v > 0),
+    "layers": (f"a positive int up to {MAX_LAYERS}", lambda v: is_int(v) and 0 < v <= MAX_LAYERS),
+    "id": ("an int >= 0", lambda v: is_int(v) and v >= 0),
+    "float": ("a positive finite number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+              and math.isfinite(v) and v > 0),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _check_fields(config) -> None:
+    """Refuse, naming the field, a value of the wrong type or range for its dataclass field, by the
+    field's declared type: every int is a size or count (positive) or a token id (>= 0), never a
+    bool; every float (eps, rope_theta) is finite and positive. A list of ids is one id or more."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in ("vision_config", "text_config", "vision_feature_layer") or (value is None and "None" in f.type):
+            continue  # nested configs check themselves, vision_feature_layer with its range; None: derived later
+        if f.type in ("float", "bool", "str"):
+            kind = f.type
+        elif f.name.endswith(("_token_id", "_token_index")):
+            kind = "id"
+        else:
+            kind = "layers" if f.name == "num_hidden_layers" else "size"
+        want, ok = _FIELD_RULES[kind]
+        several = "list" in f.type and isinstance(value, list) and value  # eos_token_id: [2, 32000]
+        if not all(ok(v) for v in (value if several else [value])):
+            raise ValueError(f"{f.name} must be {want}{' (or a list of them)' if 'list' in f.type else ''}, "
+                             f"got {value!r}")
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -605,6 +675,8 @@ class LlavaForConditionalGeneration(nn.Module):
         With a schedule, the prefill prunes; decoding then reads the pruned caches and drops nothing."""
         if inputs.input_ids.shape[0] != 1:
             raise ValueError(f"generate takes one sequence; got a batch of {inputs.input_ids.shape[0]}")
+        if not is_int(max_new_tokens):
+            raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self._check_context(inputs.input_ids.shape[1] + max_new_tokens - 1)
@@ -615,6 +687,10 @@ class LlavaForConditionalGeneration(nn.Module):
         logits = prefill.logits[:, -1]
         new = []
         while True:
+            # One small row, read next to argmax's own sync: NaN would otherwise decode as token 0.
+            if not torch.isfinite(logits).all():
+                raise ValueError(f"non-finite logits at new token {len(new) + 1} (NaN or inf): the weights hold "
+                                 f"NaN/inf or the activations overflowed in {self.dtype}")
             next_id = logits.argmax(-1)  # (1,); ties go to the lowest id
             new.append(next_id.item())
             if new[-1] in eos or len(new) == max_new_tokens:
@@ -668,10 +744,16 @@ def weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a checkpoint folder: one model.safetensors or the shards its index lists."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({e!r})") from None
+        raw = read_json(index)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a 'weight_map' object)")
+        for key, shard in weight_map.items():
+            # Lexical check, not resolve(): a Hugging Face cache's files are symlinks into ../../blobs.
+            if not isinstance(shard, str) or not shard or Path(shard).is_absolute() or ".." in Path(shard).parts:
+                raise CheckpointError(f"{index}: weight_map entry '{key}' -> {shard!r} is not a file name "
+                                      f"inside {folder}")
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{index} lists shard {missing[0]}, which is not in {folder}")
@@ -694,8 +776,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device {str(device)!r} is not a torch device ({e})") from None
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {str(device)!r} is not a torch device ({str(e).splitlines()[0]})") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # meta, xpu, hpu...: nothing here is tested on them
+        raise ValueError(f"device {str(device)!r} is not supported; expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -723,10 +807,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def load_model(path: str | Path, device=None, dtype=None) -> LlavaForConditionalGeneration:
     """Build the model config.json describes and fill it from safetensors, strictly.
 
-    Every tensor must be present with the shape the config implies, and nothing else may be
-    (apart from recomputed buffers such as rotary_emb.inv_freq); a tied lm_head may be
-    absent. Tensors go straight to `device` in `dtype`: the model is built on the meta
-    device, so a 7B checkpoint needs its own size in memory, not twice that.
+    Every tensor must be present with the shape the config implies, as finite floats, and
+    nothing else may be (apart from recomputed buffers such as rotary_emb.inv_freq); a tied
+    lm_head may be absent. Tensors go straight to `device` in `dtype`: the model is built on
+    the meta device, so a 7B checkpoint needs its own size in memory, not twice that.
     """
     folder = Path(path)
     if folder.is_file():
@@ -739,11 +823,17 @@ def load_model(path: str | Path, device=None, dtype=None) -> LlavaForConditional
     files = weight_files(folder)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+    try:
+        with torch.device("meta"):
+            model = LlavaForConditionalGeneration(config)
+    except (RuntimeError, TypeError) as e:  # a tensor of over 2**63 elements: torch cannot even describe it
+        raise CheckpointError(f"{folder / 'config.json'}: sizes too large for torch "
+                              f"({str(e).splitlines()[0]})") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state, origin = {}, {}
     for file in files:
+        if not os.access(file, os.R_OK):  # safetensors would report "No such file or directory"
+            raise PermissionError(f"{file}: permission denied (cannot read the weights)")
         try:
             with safe_open(file, framework="pt", device="cpu") as f:
                 for raw_key in f.keys():
@@ -761,7 +851,13 @@ def load_model(path: str | Path, device=None, dtype=None) -> LlavaForConditional
                         raise CheckpointError(f"{file}: tensor '{raw_key}' has shape {shape}, but config.json "
                                               f"implies {expected[key]}")
                     tensor = f.get_tensor(raw_key)
-                    state[key] = tensor.to(device, dtype) if tensor.is_floating_point() else tensor.to(device)
+                    if not tensor.is_floating_point():  # every parameter of this model is
+                        raise CheckpointError(f"{file}: tensor '{raw_key}' is stored as {tensor.dtype}; "
+                                              "the model's weights are floats")
+                    state[key] = tensor.to(device, dtype)
+                    # NaN or inf in the file, or a value past float16's 65504: the model would answer nonsense.
+                    if not torch.isfinite(state[key]).all():
+                        raise CheckpointError(f"{file}: tensor '{raw_key}' holds NaN or inf (as {dtype})")
                     origin[key] = file
         except SafetensorError as e:
             raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
@@ -785,7 +881,5 @@ def load_pretrained(path: str | Path, device=None, dtype=None):
     device: None/'cpu' (default), 'cuda', 'mps' or 'auto'; dtype: None (float32 on CPU,
     float16 on GPUs), a torch dtype or its name. The model is in eval mode with gradients off.
     """
-    from .processing import Processor  # processing.py knows nothing of this file
-
     model = load_model(path, device, dtype)
     return model, Processor.from_pretrained(path, model.config)

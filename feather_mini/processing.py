@@ -1,6 +1,7 @@
 """From an image and a question to model inputs, LLaVA-1.5's way.
 
-Image: any Pillow mode -> RGB, padded to a square with the mean colour (LLaVA-1.5's
+Image: any Pillow mode -> RGB as a viewer shows it (EXIF orientation applied; 16-bit and float
+greys scaled, not clipped, to 8 bits), padded to a square with the mean colour (LLaVA-1.5's
 "pad" aspect-ratio setting, which it was trained with), resized to the vision tower's
 size, scaled to [0, 1] and normalized with preprocessor_config.json's mean/std (CLIP's
 when the file is absent). This equals transformers' LlavaImageProcessor with do_pad=True;
@@ -15,11 +16,14 @@ which can change the ids around <image>; feather_mini follows the file.)
 from __future__ import annotations
 
 import json
+import math
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tokenizers import Tokenizer
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -46,20 +50,86 @@ class Inputs:
     tokenizer: Tokenizer | None = field(default=None, repr=False)  # lets generate() decode text
 
 
+def read_json(path: Path):
+    """A JSON file's value; errors name the file (json and UTF-8 decoding name none)."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nesting too deep for the parser
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def json_object(value, what: str) -> dict:
+    """value, which must be a JSON object (a dict): config files and their sections."""
+    if not isinstance(value, dict):
+        kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+                 type(None): "null"}
+        raise ValueError(f"{what} must be a JSON object, got {kinds.get(type(value), type(value).__name__)}")
+    return value
+
+
+def image_file(image: str | Path) -> Path:
+    """The path, checked to be a regular file; each way it is not gets its own message."""
+    if str(image) == "":  # Path("") would be ".", the current folder
+        raise ValueError("empty image path")
+    path = Path(image)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except OSError as e:  # ELOOP (a symlink loop), ENOTDIR, ENAMETOOLONG
+        raise ValueError(f"{path}: cannot be resolved ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path} is a folder, not an image file")
+    if not stat.S_ISREG(mode):  # opening a FIFO would wait for a writer forever
+        raise ValueError(f"{path} is not a regular file (a FIFO, socket or device), not an image file")
+    return path
+
+
 def load_image(image: str | Path | Image.Image) -> Image.Image:
-    """A file path or a PIL image -> an RGB PIL image. Errors name the path."""
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
+    """A file path or a PIL image -> an RGB PIL image (see `to_rgb`). Errors name the path."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if not isinstance(image, (str, Path)):
+        raise TypeError(f"image must be a file path or a PIL.Image, not {type(image).__name__}")
+    path = image_file(image)
+    try:
+        # Pillow refuses images over 2 * MAX_IMAGE_PIXELS in open() and only warns between 1x
+        # and 2x; both are refused here, before any pixel is decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 opened.load()
-                image = opened.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise ValueError(f"{path}: not a readable image ({e})") from None
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"image must be a file path or a PIL.Image, not {type(image).__name__}")
+                return to_rgb(opened)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{path}: too many pixels to decode safely ({e})") from None
+    except PermissionError:
+        raise PermissionError(f"{path}: permission denied (cannot read the image file)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    except ValueError as e:  # from to_rgb: a zero side, NaN pixels
+        raise ValueError(f"{path}: {e}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, upright and as a viewer shows it.
+
+    EXIF orientation is applied (as transformers' load_image does). Pillow's convert("RGB")
+    clips 16-bit and float greys to 255, so those are scaled first: integer modes (I;16*, and I,
+    where older Pillows put 16-bit PNGs) map 0..65535 to 0..255, float mode F maps [0, 1] to
+    0..255; values outside are clipped, and NaN or inf pixels are refused (no colour to show).
+    """
+    w, h = image.size
+    if w == 0 or h == 0:
+        raise ValueError(f"image is {w}x{h} pixels; each side needs at least 1")
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        grey = image.convert("F")  # exact for every 16-bit value
+        if not torch.isfinite(torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.float32)).all():
+            raise ValueError(f"mode {image.mode} image has non-finite pixels (NaN or inf)")
+        white = 1.0 if image.mode == "F" else 65535.0
+        image = grey.point(lambda v: v * (255 / white) + 0.5).convert("L")  # F -> L clips and truncates: +0.5 rounds
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
     return image.convert("RGB")
@@ -88,8 +158,8 @@ class Processor:
         self.image_token_index = image_token_index
         self.num_visual_tokens = num_visual_tokens
         for name, values in [("image_mean", mean), ("image_std", std)]:
-            if not (isinstance(values, (list, tuple)) and len(values) == 3
-                    and all(isinstance(v, (int, float)) for v in values)):
+            if not (isinstance(values, (list, tuple)) and len(values) == 3 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
                 raise ValueError(f"{name} must be 3 numbers (R, G, B), got {values!r}")
         if min(std) <= 0:
             raise ValueError(f"image_std must be positive, got {std!r}")
@@ -116,10 +186,7 @@ class Processor:
         mean, std = CLIP_MEAN, CLIP_STD
         pre_file = folder / "preprocessor_config.json"
         if pre_file.is_file():
-            try:
-                pre = json.loads(pre_file.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{pre_file}: not valid JSON ({e})") from None
+            pre = json_object(read_json(pre_file), str(pre_file))
             mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
         vc = config.vision_config
         try:
@@ -147,6 +214,10 @@ class Processor:
         if IMAGE_PLACEHOLDER in question:
             raise ValueError(f"the question contains the image placeholder {IMAGE_PLACEHOLDER!r}; "
                              "the processor places the image itself, once, before the question")
+        typed = [t for t in self.control_tokens() if t in question]
+        if typed:  # "</s>" in mid-prompt would end the turn for the model
+            raise ValueError(f"the question contains the control token {typed[0]!r}, which the tokenizer "
+                             "would not read as text")
         ids = self.tokenizer.encode(PROMPT.format(question=question)).ids
         starts = [i for i, t in enumerate(ids) if t == self.image_token_index]
         if len(starts) != 1:
@@ -155,6 +226,19 @@ class Processor:
         start = starts[0]
         ids = ids[:start] + [self.image_token_index] * self.num_visual_tokens + ids[start + 1:]
         return torch.tensor([ids], dtype=torch.long), start
+
+    def control_tokens(self) -> list[str]:
+        """The tokenizer's special tokens (<s>, </s>, <unk>, ...), the image placeholder aside."""
+        added = self.tokenizer.get_added_tokens_decoder().values()
+        return [t.content for t in added if t.special and t.content != IMAGE_PLACEHOLDER]
+
+    def unknown_words(self, question: str) -> list[str]:
+        """The pieces of `question` the tokenizer can only read as its unknown token (a word-level
+        vocabulary's missing words), in order: the command line names them rather than answer a
+        question the model never saw."""
+        unk = self.tokenizer.token_to_id("<unk>")
+        encoding = self.tokenizer.encode(question, add_special_tokens=False)
+        return [question[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk]
 
     def __call__(self, image: str | Path | Image.Image, question: str) -> Inputs:
         input_ids, start = self.input_ids(question)

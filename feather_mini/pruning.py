@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .model import apply_rope, repeat_kv, rope_cos_sin
+from .model import apply_rope, is_int, repeat_kv, rope_cos_sin
 
 # -----------------------------------------------------------------------------
 # Scores and criteria
@@ -203,10 +203,13 @@ class Stage:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Stages in increasing layer order; `name` and `note` only label it when printed."""
+    """Stages in increasing layer order; `name` and `note` only label it when printed. `depth`: the
+    decoder depth its layer numbers are written for (a preset's num_layers), so that a preset built
+    for 32 layers is refused by an 8-layer model rather than applied unscaled; None: any depth."""
     stages: tuple[Stage, ...]
     name: str = "custom"
     note: str = ""
+    depth: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -220,13 +223,17 @@ class Schedule:
             if not callable(stage.criterion) and stage.criterion not in CRITERIA:
                 raise ValueError(f"{where}: unknown criterion {stage.criterion!r}; expected one of {list(CRITERIA)} "
                                  "or a function criterion(query, keys, budget)")
-            if not isinstance(stage.layer, int) or stage.layer < 1:
+            if not is_int(stage.layer) or stage.layer < 1:
                 raise ValueError(f"{where}: layer {stage.layer!r} must be an int >= 1 (the score comes from layer - 1)")
             if i and stage.layer <= self.stages[i - 1].layer:
                 raise ValueError(f"{where}: layer {stage.layer} must come after the previous stage's layer "
                                  f"{self.stages[i - 1].layer} (stages in increasing layer order)")
-            if stage.stride is not None and (not isinstance(stage.stride, int) or stage.stride < 1):
+            if stage.stride is not None and (not is_int(stage.stride) or stage.stride < 1):
                 raise ValueError(f"{where}: stride {stage.stride!r} must be an int >= 1")
+            if not isinstance(stage.of_present, bool):
+                raise ValueError(f"{where}: of_present={stage.of_present!r} must be True or False")
+            if not is_int(stage.seed) or stage.seed < 0:
+                raise ValueError(f"{where}: seed={stage.seed!r} must be an int >= 0 (phi_random's generator)")
             if stage.criterion == "phi_ensemble" and stage.stride is None:
                 raise ValueError(f"{where}: phi_ensemble needs a stride for its grid")
             if stage.stride is not None and stage.criterion not in ("phi_uniform", "phi_ensemble"):
@@ -262,6 +269,9 @@ class Schedule:
         Returns, per stage layer, the (fewest, most) visual tokens that survive it: the two
         differ only after phi_ensemble, whose union depends on the image.
         """
+        if self.depth is not None and self.depth != num_layers:
+            raise ValueError(f"schedule {self.name!r} is numbered for {self.depth} decoder layers, but the model "
+                             f"has {num_layers}: build it with num_layers={num_layers}")
         lo = hi = num_visual  # the fewest and most visual tokens present before this stage
         bounds = {}
         for i, stage in enumerate(self.stages):
@@ -314,8 +324,10 @@ def scale_layer(layer: int, num_layers: int) -> int:
 
 
 def _preset(name: str, stages: list[Stage], num_layers: int) -> Schedule:
+    if not is_int(num_layers) or num_layers < 1:
+        raise ValueError(f"{name}: num_layers={num_layers!r} must be the model's decoder depth, an int >= 1")
     if num_layers == PRESET_DEPTH:
-        return Schedule(tuple(stages), name)
+        return Schedule(tuple(stages), name, depth=num_layers)
     written = ",".join(str(s.layer) for s in stages)
     scaled = [replace(s, layer=scale_layer(s.layer, num_layers)) for s in stages]
     layers = ",".join(str(s.layer) for s in scaled)
@@ -324,7 +336,7 @@ def _preset(name: str, stages: list[Stage], num_layers: int) -> Schedule:
                          "which collide: the model is too shallow for this preset")
     note = f"layers {written} of {PRESET_DEPTH} scaled to {layers} of {num_layers} (x L/32, rounded)"
     print(f"{name}: {note}")
-    return Schedule(tuple(scaled), name, note)
+    return Schedule(tuple(scaled), name, note, depth=num_layers)
 
 # The one-stage presets take K in the 32-layer numbering of the paper (Table 1: K = 3 and 8);
 # num_layers scales it, like every preset layer, to the model's depth.

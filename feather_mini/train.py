@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict
@@ -33,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 
 from . import synthetic
+from .evaluate import shipped_weights
 from .model import LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig
 from .processing import CLIP_MEAN, CLIP_STD, Processor
 
@@ -43,8 +45,13 @@ IMAGE_TOKEN = "<image>"
 # The model and its tokenizer
 
 
+MODEL_PRESETS = ("shipped", "576", "test")
+
+
 def model_config(preset: str, vocab_size: int) -> LlavaConfig:
-    """'shipped': the model in weights/ (12x12 grid, 8-layer decoder, 2.5 M parameters);
+    """'shipped': feather-tiny (96 px, 12x12 grid, 8-layer decoder, 4 heads of 32, 2.5 M parameters);
+    '576': feather-576, LLaVA-1.5's layout (the same 96 px scenes resized to 192 px, 8 px patches: a
+    24x24 grid of 576 visual tokens; a 16-layer decoder with one head of LLaVA's width 128, 4.2 M);
     'test': a very small one for the tests: widths of 32, but the shipped model's 12x12 grid and 8
     decoder layers, so that every preset's budgets and layers are those of the shipped model."""
     if preset == "shipped":
@@ -52,13 +59,20 @@ def model_config(preset: str, vocab_size: int) -> LlavaConfig:
                               image_size=synthetic.IMAGE_SIZE, patch_size=8)
         text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=8,
                           num_attention_heads=4, max_position_embeddings=512)
+    elif preset == "576":
+        # The ViT is feather-tiny's at twice the resolution, so --init-from weights/feather-tiny can
+        # reuse its patch embedding; one head of 128 gives RoPE LLaVA's frequencies (see model card).
+        vision = VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                              image_size=2 * synthetic.IMAGE_SIZE, patch_size=8)
+        text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=16,
+                          num_attention_heads=1, max_position_embeddings=1024)
     elif preset == "test":
         vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                               image_size=synthetic.IMAGE_SIZE, patch_size=8)
         text = TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=8,
                           num_attention_heads=2, max_position_embeddings=256)
     else:
-        raise ValueError(f"unknown model preset {preset!r}; expected 'shipped' or 'test'")
+        raise ValueError(f"unknown model preset {preset!r}; expected one of {', '.join(MODEL_PRESETS)}")
     # Every ViT layer feeds the projector (-1): LLaVA's -2 would leave the last layer untrained.
     return LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab_size - 1,
                        vision_feature_layer=-1)
@@ -221,12 +235,13 @@ def position_probe(model, processor, n: int = 40, seed: int = 0) -> dict[str, fl
 
 
 def load_weights(model: LlavaForConditionalGeneration, folder: Path) -> None:
-    """--init-from: the weights of a saved model folder, which must hold exactly this model's
-    tensors with the same shapes (the file and the first mismatch are named otherwise)."""
+    """--init-from: the weights of a saved model folder. They must be this model's tensors with the
+    same shapes, except for the two changes `grow` makes (a smaller grid, fewer decoder layers);
+    the file and the first mismatch are named otherwise."""
     file = folder / "model.safetensors"
     if not file.is_file():
         raise FileNotFoundError(f"--init-from: no model.safetensors in {folder}")
-    tensors, expected = load_file(str(file)), model.state_dict()
+    tensors, expected = grow(load_file(str(file)), model.config), model.state_dict()
     unmatched = sorted(set(tensors) ^ set(expected))
     if unmatched:
         key = unmatched[0]
@@ -237,6 +252,38 @@ def load_weights(model: LlavaForConditionalGeneration, folder: Path) -> None:
             raise ValueError(f"--init-from: {key} is {value.dtype} {tuple(value.shape)} in {file}, "
                              f"this model needs {expected[key].dtype} {tuple(expected[key].shape)}")
     model.load_state_dict(tensors)
+
+
+POSITIONS = "vision_tower.vision_model.embeddings.position_embedding.weight"
+LAYER = "language_model.model.layers."
+
+
+def grow(tensors: dict[str, torch.Tensor], config: LlavaConfig) -> dict[str, torch.Tensor]:
+    """A smaller model's tensors made into a warm start for `config`, which may have
+    - a bigger grid: the ViT's patch position embeddings resized bicubically (as ViT fine-tuning
+      at a higher resolution does), the CLS position kept;
+    - k times the decoder layers: each layer repeated k times in place, the copies' o_proj and
+      down_proj zeroed, so that each copy starts as the identity on the residual stream.
+    Anything else is returned unchanged (load_weights then names what does not fit)."""
+    out = dict(tensors)
+    grid, pos = config.vision_config.grid, tensors.get(POSITIONS)
+    old_grid = math.isqrt(pos.shape[0] - 1) if pos is not None else grid
+    if pos is not None and old_grid < grid and old_grid ** 2 == pos.shape[0] - 1:
+        cells = pos[1:].T.reshape(1, -1, old_grid, old_grid).float()
+        cells = F.interpolate(cells, size=(grid, grid), mode="bicubic", align_corners=False)
+        out[POSITIONS] = torch.cat([pos[:1], cells.reshape(pos.shape[1], -1).T.to(pos.dtype)])
+    old_layers = len({k[len(LAYER):].split(".")[0] for k in tensors if k.startswith(LAYER)})
+    layers = config.text_config.num_hidden_layers
+    if 0 < old_layers < layers and layers % old_layers == 0:
+        k = layers // old_layers
+        out = {key: v for key, v in out.items() if not key.startswith(LAYER)}
+        for key, value in tensors.items():
+            if key.startswith(LAYER):
+                i, rest = key[len(LAYER):].split(".", 1)
+                for copy in range(k):
+                    zero = copy > 0 and rest in ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+                    out[f"{LAYER}{int(i) * k + copy}.{rest}"] = torch.zeros_like(value) if zero else value.clone()
+    return out
 
 
 def save_checkpoint(folder: Path, model, optimizer, step: int, args: dict) -> None:
@@ -302,6 +349,7 @@ def train(args) -> list[float]:
     if args.threads:
         torch.set_num_threads(args.threads)
     out, ckpt = Path(args.out), Path(args.out) / "checkpoint"
+    check_out(out, args.resume)
     tokenizer = make_tokenizer()
     config = model_config(args.preset, tokenizer.get_vocab_size())
     model = LlavaForConditionalGeneration(config)
@@ -366,6 +414,25 @@ def train(args) -> list[float]:
     return losses
 
 
+def check_out(out: Path, resume: bool) -> None:
+    """Refuse, before any step runs, an --out that would fail at the first checkpoint or overwrite
+    a model: a file, an unwritable folder, the shipped weights/, or a model folder that is not
+    this run's (no checkpoint/ to --resume)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out: {out} is a file; name a folder")
+    shipped = shipped_weights().parent.resolve()
+    if out.resolve() == shipped or shipped in out.resolve().parents:
+        raise ValueError(f"--out: {out} is inside the shipped models' folder {shipped}; train into another "
+                         "folder (the model card says how the shipped weights were made)")
+    existing = next((folder for folder in (out, *out.parents) if folder.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise PermissionError(f"--out: {existing} is not writable")
+    has_checkpoint = (out / "checkpoint" / "state.json").is_file()
+    if not resume and not has_checkpoint and any((out / f).exists() for f in ("model.safetensors", "config.json")):
+        raise ValueError(f"--out: {out} already holds a model (model.safetensors or config.json) that this "
+                         "command did not train; choose another --out")
+
+
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -376,7 +443,8 @@ def _hms(seconds: float) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: the checkpoint load_pretrained reads, plus checkpoint/")
-    p.add_argument("--preset", default="shipped", choices=["shipped", "test"], help="model size")
+    p.add_argument("--preset", default="shipped", choices=MODEL_PRESETS,
+                   help="model size: shipped (feather-tiny), 576 (feather-576) or test")
     p.add_argument("--steps", type=int, default=12000, help="total optimizer steps (default 12000)")
     p.add_argument("--batch", type=int, default=8, help="chats (scenes) per step")
     p.add_argument("--turns", type=int, default=4, help="questions per chat, before the optional caption")
@@ -404,6 +472,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's choice) or a number of threads, got {args.threads}")
     if args.curriculum < 0:
         raise ValueError(f"--curriculum must be 0 (none) or a number of steps, got {args.curriculum}")
     for name in ("steps", "batch", "turns", "log_every", "checkpoint_every", "warmup"):

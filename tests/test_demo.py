@@ -316,3 +316,37 @@ def test_console_script_is_declared():
     pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     scripts = pyproject.split("[project.scripts]\n", 1)[1].split("\n\n", 1)[0]
     assert scripts == 'feather-mini = "feather_mini.__main__:main"'
+
+
+def test_unknown_words_get_one_line_and_control_tokens_are_refused(tmp_path, capsys):
+    """A word the shipped vocabulary lacks is named on stderr (the run goes on); a typed </s> is
+    refused, with exit code 2."""
+    code = main(["demo", "--prompt", "Where is the purple circle?", "--methods", "none", "--repeats", "1",
+                 "--out", str(tmp_path / "a.png")])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "feather-mini demo: note: 'purple' not in the model's vocabulary (read as <unk>)" in err
+    code = main(["demo", "--prompt", "Where is </s> the circle?", "--methods", "none", "--out", str(tmp_path / "b.png")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == ("feather-mini demo: error: the question contains the control token "
+                                               "'</s>', which the tokenizer would not read as text")
+
+
+def test_empty_image_is_refused_not_the_builtin_scene(tmp_path, capsys):
+    """`--image ""` is an error, not a silent run on the built-in scene."""
+    code, out, err = run_cli(["demo", "--image", "", "--out", str(tmp_path / "a.png")], capsys)
+    assert (code, out) == (2, "")
+    assert err.strip() == "feather-mini demo: error: empty image path"
+
+
+def test_a_failed_write_comes_after_the_table_and_names_the_path(tmp_path, capsys, monkeypatch):
+    """A full disk at the very end: the table is already printed; the error names --out."""
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    png = tmp_path / "a.png"
+    code, out, err = run_cli(["demo", "--methods", "none,fastv", "--repeats", "1", "--out", str(png)], capsys)
+    assert code == 2
+    assert "| fastv " in out or "\nfastv " in out
+    assert err.strip() == f"feather-mini demo: error: --out: could not write {png} (No space left on device)"

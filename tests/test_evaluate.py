@@ -75,10 +75,40 @@ def test_eval_table_and_fastv_row_histogram(weights, capsys):
     code, out, _ = run_cli(["eval", "--weights", weights, "--limit", "1", "--methods", "none,fastv",
                             "--max-new-tokens", "2"], capsys)
     assert code == 0
-    assert "| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | first stage kept in bottom half % |" in out
+    assert ("| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | loc, target in top half % "
+            "| loc, target in bottom half % | first stage kept in bottom half % |") in out
     assert "| none | - | 0.0 |" in out and "| fastv | 1 | 71.9 |" in out and "| fastv | 2 | 61.7 |" in out
     assert "fastv at layer 1: where the kept visual tokens lie, by grid row (row 0 = top)" in out
     assert out.count("\nrow ") == 12
+
+
+def test_eval_splits_boxes_by_the_targets_half_with_standard_errors(capsys):
+    """The shipped model on the first 8 test questions: boxes 0 and 6 have their target in the
+    bottom half, 2 and 4 in the top half; 1, 3, 5, 7 are colour, count, existence.
+    Unpruned all 8 are right (SE 0). FastV at layer 1 gets both bottom boxes and neither top box
+    (loc 2/4 = 0.5, SE sqrt(0.5 * 0.5 / 4) = 0.25) and 3 of the 4 others (SE sqrt(0.75 * 0.25 / 4));
+    at layer 2 one top box and no bottom box (top 1/2, SE sqrt(0.25 / 2))."""
+    code, out, err = run_cli(["eval", "--limit", "8", "--methods", "none,fastv", "--json"], capsys)
+    assert code == 0, err
+    none, early, later = json.loads(out)
+    split = lambda r: [r[k] for k in ("loc_acc", "loc_acc_top", "loc_acc_bottom", "other_acc")]  # noqa: E731
+    errors = lambda r: [round(r[k], 4) for k in ("loc_se", "loc_top_se", "loc_bottom_se", "other_se")]  # noqa: E731
+    assert split(none) == [1.0, 1.0, 1.0, 1.0] and errors(none) == [0.0, 0.0, 0.0, 0.0]
+    assert split(early) == [0.5, 0.0, 1.0, 0.75] and errors(early) == [0.25, 0.0, 0.0, 0.2165]
+    assert split(later) == [0.25, 0.5, 0.0, 0.5] and errors(later) == [0.2165, 0.3536, 0.0, 0.25]
+
+
+def test_half_of_a_target_and_accuracy_with_its_error():
+    """The centre's half of the padded square (exactly on the middle line: neither); p and sqrt(p(1-p)/n)."""
+    case = lambda box, size=(96, 96): evaluate.Case(None, "", "loc", box=box, size=size)  # noqa: E731
+    assert evaluate.half(case((0, 0, 10, 40))) == "top"
+    assert evaluate.half(case((0, 40, 10, 56))) is None  # centre 48 of 96
+    assert evaluate.half(case((0, 50, 10, 60))) == "bottom"
+    assert evaluate.half(case((0, 0, 10, 20), size=(96, 48))) == "top"  # padded by 24 above: centre 34 of 96
+    assert evaluate.half(evaluate.Case(None, "", "colour", answer="red")) is None
+    assert evaluate.accuracy([True, True, False]) == (2 / 3, (2 / 3 * 1 / 3 / 3) ** 0.5)
+    assert round(evaluate.accuracy([True, True, False])[1], 4) == 0.2722
+    assert evaluate.accuracy([]) == (None, None)
 
 
 def test_unknown_method_and_bad_limit_exit_2(capsys):
@@ -119,6 +149,12 @@ def test_eval_on_jsonl_runs_and_reports_no_other_accuracy(weights, scene_png, tm
      "line 2: image file not found"),
     ({"image": "notes.txt", "expression": "red circle", "box": [0, 0, 5, 5]}, "line 2: "),
     ("{not json", "line 2: not valid JSON"),
+    ({"image": 5, "expression": "red circle", "box": [0, 0, 5, 5]},
+     "line 2: image must be a non-empty path string, got 5"),
+    ({"image": "", "expression": "red circle", "box": [0, 0, 5, 5]},
+     "line 2: image must be a non-empty path string, got ''"),
+    ({"image": "scene0.png", "expression": "the <image> circle", "box": [0, 0, 5, 5]},
+     "line 2: expression must be a string without '<image>' (the processor places the image), got 'the <image> circle'"),
 ])
 def test_bad_jsonl_lines_name_the_line(scene_png, tmp_path, record, message):
     """Missing field, box outside the image, missing or unreadable image, broken JSON: the error names line 2."""
@@ -139,6 +175,17 @@ def test_bad_jsonl_through_the_cli_exits_2(tmp_path, capsys):
     assert code == 2
     assert err.strip() == f"feather-mini eval: error: {data}, line 1: missing field 'box' (each line needs image, expression, box)"
     assert "Traceback" not in err
+
+
+def test_empty_or_non_utf8_data_is_refused_before_the_model_loads(tmp_path, capsys):
+    """`--data ""` is not the synthetic split in disguise; a Latin-1 file is named, with the byte."""
+    code, _, err = run_cli(["eval", "--data", "", "--weights", str(tmp_path / "absent")], capsys)
+    assert code == 2 and err.strip() == "feather-mini eval: error: --data is empty; leave it out for the synthetic test split"
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes('{"image": "caf\u00e9.png"}\n'.encode("latin-1"))
+    code, _, err = run_cli(["eval", "--data", str(data), "--weights", str(tmp_path / "absent")], capsys)
+    assert code == 2
+    assert err.strip() == f"feather-mini eval: error: --data: {data} is not UTF-8 text (byte 14: invalid continuation byte)"
 
 
 def test_boxes_map_into_the_padded_square():

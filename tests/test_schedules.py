@@ -173,3 +173,27 @@ def test_preset_too_deep_for_a_shallow_model_is_refused():
     assert error_of(lambda: pyramid_drop(num_layers=2)) == (
         "pyramid_drop: layers 8,16,24 of 32 scale to 1,1,2 of 2, which collide: the model is too shallow "
         "for this preset")
+
+
+def test_bools_strings_and_bad_seeds_are_refused_when_built():
+    """True is an int to Python but not a layer or a stride; of_present must be a bool; the
+    control's seed is checked when the schedule is built, not when it first runs."""
+    assert error_of(lambda: Schedule([Stage(True, "phi_original", 0.25)])) == (
+        "schedule 'custom', stage 1 (layer True, phi_original): layer True must be an int >= 1 "
+        "(the score comes from layer - 1)")
+    assert error_of(lambda: Schedule([Stage(3, "phi_uniform", stride=True)])) == (
+        "schedule 'custom', stage 1 (layer 3, phi_uniform): stride True must be an int >= 1")
+    assert error_of(lambda: Schedule([Stage(3, "phi_no_rope", 0.25, of_present="yes")])) == (
+        "schedule 'custom', stage 1 (layer 3, phi_no_rope): of_present='yes' must be True or False")
+    assert error_of(lambda: Schedule([Stage(3, "phi_random", 0.25, seed=-1)])) == (
+        "schedule 'custom', stage 1 (layer 3, phi_random): seed=-1 must be an int >= 0 (phi_random's generator)")
+
+
+def test_presets_need_a_positive_depth_and_refuse_another_models_depth():
+    """num_layers 0 is refused; fastv() is numbered for 32 layers, so an 8-layer model refuses it
+    rather than pruning at layer 3 of 8; fastv(num_layers=8) is accepted by that model."""
+    assert error_of(lambda: fastv(num_layers=0)) == "fastv: num_layers=0 must be the model's decoder depth, an int >= 1"
+    assert error_of(lambda: fastv().check(8, 144, (12, 12))) == (
+        "schedule 'fastv' is numbered for 32 decoder layers, but the model has 8: build it with num_layers=8")
+    assert fastv(num_layers=8).check(8, 144, (12, 12)) == {1: (36, 36)}
+    assert Schedule([Stage(3, "phi_original", 0.25)]).check(8, 144, (12, 12)) == {3: (36, 36)}  # custom: any depth

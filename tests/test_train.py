@@ -264,3 +264,92 @@ def test_main_rejects_a_lookalike_share_out_of_range(tmp_path):
     with raises(ValueError, "--lookalike must be a share between 0 and 1, got 1.5"):
         train.main(parse(tmp_path / "out", "--steps", "1", "--lookalike", "1.5"))
     assert not (tmp_path / "out").exists()
+
+# -----------------------------------------------------------------------------
+# The '576' preset (feather-576) and the warm start that grows a smaller model into it
+
+
+def test_576_preset_is_llava_15s_layout():
+    """24x24 = 576 visual tokens (the 96 px scenes resized to 192 px, 8 px patches), a 16-layer
+    decoder with one head of LLaVA's width 128, 4,170,112 parameters."""
+    config = train.model_config("576", train.make_tokenizer().get_vocab_size())
+    assert (config.vision_config.image_size, config.vision_config.patch_size, config.num_visual_tokens) == (192, 8, 576)
+    text = config.text_config
+    assert (text.num_hidden_layers, text.num_attention_heads, text.head_dim, text.hidden_size) == (16, 1, 128, 128)
+    assert sum(p.numel() for p in fm.LlavaForConditionalGeneration(config).parameters()) == 4_170_112
+
+
+def test_576_preset_trains_3_steps_and_resumes_exactly(tmp_path):
+    """As for the test preset: 2 steps, a checkpoint, --resume to 3 equals an uninterrupted 3-step run."""
+    whole = train.train(parse(tmp_path / "a", "--preset", "576", "--steps", "3", "--batch", "1"))
+    first = train.train(parse(tmp_path / "b", "--preset", "576", "--steps", "2", "--batch", "1", "--checkpoint-every", "1"))
+    second = train.train(parse(tmp_path / "b", "--preset", "576", "--steps", "3", "--batch", "1", "--resume"))
+    assert len(whole) == 3 and first + second == whole
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    model, processor = fm.load_pretrained(tmp_path / "b")
+    assert processor.grid == (24, 24) and model.config.num_visual_tokens == 576
+
+
+def test_grow_repeats_each_layer_as_an_identity_copy_and_resizes_the_positions(run3):
+    """run3's 8-layer decoder grown to 16 layers computes the same function (every second layer's
+    o_proj and down_proj are zero); its 12x12 patch positions become 24x24 with the CLS row kept,
+    and a constant grid stays constant under the bicubic resize."""
+    from dataclasses import replace
+
+    out, _ = run3
+    small = fm.load_pretrained(out)[0]
+    cfg = small.config
+    big_cfg = replace(cfg, text_config=replace(cfg.text_config, num_hidden_layers=16),
+                      vision_config=replace(cfg.vision_config, image_size=192))
+    tensors = load_file(str(out / "model.safetensors"))
+    tensors[train.POSITIONS][1:] = 0.25
+    grown = train.grow(tensors, big_cfg)
+    assert grown[train.POSITIONS].shape == (577, 32)
+    assert torch.equal(grown[train.POSITIONS][0], tensors[train.POSITIONS][0])
+    assert torch.allclose(grown[train.POSITIONS][1:], torch.tensor(0.25))
+    assert torch.equal(grown[train.LAYER + "3.mlp.down_proj.weight"], torch.zeros(32, 64))
+    assert torch.equal(grown[train.LAYER + "2.mlp.down_proj.weight"], tensors[train.LAYER + "1.mlp.down_proj.weight"])
+    big = fm.LlavaForConditionalGeneration(big_cfg).eval()
+    big.load_state_dict(grown)
+    h = torch.randn(1, 10, 32)
+    positions = torch.arange(10)[None]
+    with torch.no_grad():
+        expected, got = small.language_model(h, positions), big.language_model(h, positions)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+# -----------------------------------------------------------------------------
+# --out and --threads, refused before any step runs
+
+
+def test_out_over_a_model_folder_or_the_shipped_weights_is_refused(tmp_path):
+    """A copy of a model folder (model.safetensors, no checkpoint/), weights/ itself and a folder in
+    it, and a file, are refused before training; nothing in them changes."""
+    from feather_mini.evaluate import SHIPPED_WEIGHTS
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "model.safetensors").write_bytes(b"mine")
+    with raises(ValueError, f"--out: {copy} already holds a model (model.safetensors or config.json) that this "
+                            "command did not train; choose another --out"):
+        train.train(parse(copy, "--steps", "1"))
+    assert (copy / "model.safetensors").read_bytes() == b"mine"
+    root = SHIPPED_WEIGHTS.parent.resolve()
+    for out in (SHIPPED_WEIGHTS, SHIPPED_WEIGHTS.parent / "new-model"):
+        with raises(ValueError, f"--out: {out} is inside the shipped models' folder {root}; train into another "
+                                "folder (the model card says how the shipped weights were made)"):
+            train.train(parse(out, "--steps", "1", "--resume"))
+    assert not (SHIPPED_WEIGHTS.parent / "new-model").exists()
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    with raises(NotADirectoryError, f"--out: {file} is a file; name a folder"):
+        train.train(parse(file, "--steps", "1"))
+
+
+def test_cli_refuses_negative_threads(tmp_path, capsys):
+    """`train --threads -1` is one line and exit code 2, not torch's RuntimeError."""
+    from feather_mini.__main__ import main
+
+    assert main(["train", "--out", str(tmp_path / "a"), "--threads", "-1"]) == 2
+    assert "error: --threads must be 0 (torch's choice) or a number of threads, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
