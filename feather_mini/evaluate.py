@@ -325,7 +325,8 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        source = f"{args.data}, {len(cases)} expressions" if args.data is not None else f"synthetic test split, {len(cases)} questions"
+        source = (f"{args.data}, {len(cases)} expressions" if args.data is not None
+                  else f"synthetic test split, {len(cases)} questions")
         print(f"{args.weights} on {source}; layers are this model's ({model.config.text_config.num_hidden_layers}"
               f" decoder layers); pruning after layer 0 is 'layer 1'")
         print(table(rows))
