@@ -39,7 +39,6 @@ from .model import load_pretrained
 from .processing import IMAGE_PLACEHOLDER, load_image
 
 
-
 def shipped_weights(name: str = "feather-tiny") -> Path:
     """A model shipped in weights/: inside the installed package (pyproject maps weights/ to
     feather_mini/weights), or in the checkout beside it (an editable install, the tests)."""
@@ -203,8 +202,9 @@ def evaluate(model, processor, cases: list[Case], method: str, schedule, progres
         out = model.generate(inputs, max_new_tokens, reseeded(schedule, i))
         hit = correct(case, out.text)
         (loc if case.task == "loc" else other).append(hit)
-        if half(case):
-            by_half[half(case)].append(hit)
+        target_half = half(case)
+        if target_half is not None:
+            by_half[target_half].append(hit)
         if out.kept:
             first = out.kept[min(out.kept)]  # original indices kept at the first stage
             cells = first[first >= processor.first_patch] - processor.first_patch  # CLS, if any, is no cell

@@ -687,12 +687,14 @@ class LlavaForConditionalGeneration(nn.Module):
         logits = prefill.logits[:, -1]
         new = []
         while True:
-            # One small row, read next to argmax's own sync: NaN would otherwise decode as token 0.
-            if not torch.isfinite(logits).all():
+            next_id = logits.argmax(-1)  # (1,); ties go to the lowest id
+            # The token and whether its row was finite come to the host together: one sync per token,
+            # as before. NaN logits would otherwise decode as a token and end as an empty answer.
+            token, finite = torch.cat((next_id, torch.isfinite(logits).all()[None])).tolist()
+            if not finite:
                 raise ValueError(f"non-finite logits at new token {len(new) + 1} (NaN or inf): the weights hold "
                                  f"NaN/inf or the activations overflowed in {self.dtype}")
-            next_id = logits.argmax(-1)  # (1,); ties go to the lowest id
-            new.append(next_id.item())
+            new.append(token)
             if new[-1] in eos or len(new) == max_new_tokens:
                 break  # the last token is never fed back: no decode step is wasted on it
             logits = self.decode_step(next_id[:, None], cache)[:, -1]
