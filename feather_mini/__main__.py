@@ -21,9 +21,19 @@ COMMANDS = {
 }
 
 
+class UsageError(Exception):
+    """A command line argparse cannot read (an unknown option, a value of the wrong type)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other bad value, in place of argparse's usage dump and exit (-h shows the usage).
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="feather-mini", description="Visual-token pruning for LLaVA-style "
-                                     "models; with no command, runs the demo.")
+    parser = OneLineParser(prog="feather-mini", description="Visual-token pruning for LLaVA-style "
+                           "models; with no command, runs the demo.")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for name, (module, summary) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
@@ -36,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["demo"] + argv  # the demo is the default command: `python -m feather_mini --json`
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     try:
         return importlib.import_module(args.module).main(args) or 0
     except (ValueError, TypeError, OSError) as e:  # OSError: a file that cannot be read or written

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import gc
 import inspect
-import io
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from . import pruning
+from . import cli, pruning
 from .model import (KVCache, LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig, canonical_key,
                     resolve_device, resolve_dtype)
 from .processing import Inputs
@@ -40,9 +39,9 @@ from .processing import Inputs
 # Shapes, random weights, random inputs
 
 TEXT_BEFORE, TEXT_AFTER = 5, 35  # "<s> USER:" before the visual span; the question and " ASSISTANT:" after it
-METHODS = ["none", "fastv", "fastv_norope", "pyramid_drop", "feather"]
+METHODS = ("none",) + cli.HEADLINE  # "none", the baseline, always runs
 SCALING_METHODS = ["none", "feather"]  # what runs at the grids other than the preset's own
-PRESETS = {  # name -> (its own grid side, decoder, vision tower); the image size follows the grid
+MODEL_SIZES = {  # name -> (its own grid side, decoder, vision tower); the image size follows the grid
     # LLaVA-1.5's token layout (14 px patches: 336 px for 24x24) with models a CPU runs in
     # seconds: Vicuna-7B at a quarter of its width (heads of 64 instead of 128; MLP 2.75 d, near
     # Llama's 11008 / 4096) and half its depth; CLIP ViT-L/14 at a quarter width, half depth.
@@ -55,11 +54,12 @@ PRESETS = {  # name -> (its own grid side, decoder, vision tower); the image siz
 }
 
 
-def llava_config(preset: str, grid: int, new_tokens: int) -> LlavaConfig:
-    """The preset's model for a grid x grid image, its context stretched to the prompt if needed."""
-    _, text, vision = PRESETS[preset]
-    length = TEXT_BEFORE + grid * grid + TEXT_AFTER + new_tokens
-    return LlavaConfig(vision_config=replace(vision, image_size=grid * vision.patch_size),
+def llava_config(sizes: str, side: int, new_tokens: int) -> LlavaConfig:
+    """The model of MODEL_SIZES[sizes] for a side x side grid of visual tokens, its context
+    stretched to the prompt if needed."""
+    _, text, vision = MODEL_SIZES[sizes]
+    length = TEXT_BEFORE + side * side + TEXT_AFTER + new_tokens
+    return LlavaConfig(vision_config=replace(vision, image_size=side * vision.patch_size),
                        text_config=replace(text, max_position_embeddings=max(text.max_position_embeddings, length)))
 
 
@@ -88,14 +88,8 @@ def random_inputs(config: LlavaConfig, seed: int) -> Inputs:
     text[0] = config.text_config.bos_token_id
     visual = torch.full((config.num_visual_tokens,), config.image_token_index)
     ids = torch.cat([text[:TEXT_BEFORE], visual, text[TEXT_BEFORE:]])[None]
-    S, grid = config.vision_config.image_size, config.vision_config.grid
-    return Inputs(ids, torch.randn(1, 3, S, S, generator=g), TEXT_BEFORE, config.num_visual_tokens, (grid, grid))
-
-
-def schedules_for(methods: list[str], num_layers: int) -> dict[str, pruning.Schedule | None]:
-    """method -> its preset scaled to the decoder's depth; "none" -> None (no pruning)."""
-    with contextlib.redirect_stdout(io.StringIO()):  # the presets' scaling lines: the report prints the schedules
-        return {m: None if m == "none" else pruning.PRESETS[m](num_layers=num_layers) for m in methods}
+    S, side = config.vision_config.image_size, config.vision_config.grid_side
+    return Inputs(ids, torch.randn(1, 3, S, S, generator=g), TEXT_BEFORE, config.num_visual_tokens, (side, side))
 
 
 def transformers_twin(model: LlavaForConditionalGeneration):
@@ -127,34 +121,6 @@ def transformers_version() -> str | None:
 # Timing one prefill and its decoding
 
 
-def now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # GPU work is asynchronous: wait for it before reading the clock
-    elif device.type == "mps":
-        torch.mps.synchronize()
-    return time.perf_counter()
-
-
-class TimedSchedule:
-    """Stands in for a Schedule: the model gets the real pruner, with its `select` timed (the
-    criteria and index bookkeeping; not the q/k projections, which the layer reuses anyway)."""
-
-    def __init__(self, schedule: pruning.Schedule, device: torch.device):
-        self.schedule, self.device, self.seconds = schedule, device, 0.0
-
-    def pruner(self, *args):
-        pruner = self.schedule.pruner(*args)
-        select = pruner.select
-
-        def timed_select(*a):
-            start = now(self.device)
-            rows = select(*a)
-            self.seconds += now(self.device) - start
-            return rows
-        pruner.select = timed_select
-        return pruner
-
-
 @contextlib.contextmanager
 def cached_output(module: torch.nn.Module, output):
     """Inside, module(...) returns `output` at once: the prefills skip the vision tower."""
@@ -167,30 +133,30 @@ def cached_output(module: torch.nn.Module, output):
 
 def run_ours(model, inputs, schedule, new_tokens: int, device) -> dict:
     """One prefill into a KVCache, then `new_tokens` greedy decode steps on the (pruned) caches."""
-    timed = TimedSchedule(schedule, device) if schedule is not None else None
-    cache = KVCache(model.config.text_config.num_hidden_layers)
-    start = now(device)
-    out = model(inputs, cache, timed, logits_to_keep=1)  # generation needs the last row's logits only
-    prefill = now(device) - start
+    cache = KVCache(model.config.text_config.num_hidden_layers, reserve=new_tokens)
+    start = cli.now(device)
+    # Generation needs the last row's logits only; the clock times the criteria inside the prefill.
+    out = model(inputs, cache, schedule, logits_to_keep=1, clock=functools.partial(cli.now, device))
+    prefill = cli.now(device) - start
     kv_bytes, token = cache.nbytes(), out.logits[:, -1:].argmax(-1)
-    start = now(device)
+    start = cli.now(device)
     for _ in range(new_tokens):
-        token = model.decode_step(token, cache)[:, -1:].argmax(-1)
-    return dict(prefill=prefill, decode=(now(device) - start) / new_tokens, criteria=timed.seconds if timed else 0.0,
+        token = model.decode_step(token, cache, check_ids=False)[:, -1:].argmax(-1)  # as generate does
+    return dict(prefill=prefill, decode=(cli.now(device) - start) / new_tokens, criteria=out.pruning_seconds,
                 kept=out.kept, kv_bytes=kv_bytes, last_logits=out.logits[0, -1])
 
 
 def run_theirs(hf, input_ids, pixel_values, new_tokens: int, device) -> dict:
     """The same in transformers: one forward with use_cache, then single-token forwards."""
     kv = cache_argument(hf)
-    start = now(device)
+    start = cli.now(device)
     out = hf(input_ids=input_ids, pixel_values=pixel_values, use_cache=True, logits_to_keep=1)
-    prefill = now(device) - start
+    prefill = cli.now(device) - start
     cache, token = getattr(out, kv), out.logits[:, -1:].argmax(-1)
-    start = now(device)
+    start = cli.now(device)
     for _ in range(new_tokens):
         token = hf(input_ids=token, use_cache=True, **{kv: cache}).logits[:, -1:].argmax(-1)
-    return dict(prefill=prefill, decode=(now(device) - start) / new_tokens, last_logits=out.logits[0, -1])
+    return dict(prefill=prefill, decode=(cli.now(device) - start) / new_tokens, last_logits=out.logits[0, -1])
 
 
 @functools.cache
@@ -241,9 +207,9 @@ def hidden_stderr():
 # One grid: every method (and transformers) once per round
 
 
-def bench_grid(args, grid: int, schedules: dict, reference: bool, device, dtype) -> dict:
+def bench_grid(args, side: int, schedules: dict, reference: bool, device, dtype) -> dict:
     """schedules: method -> Schedule (None for the baseline, "none")."""
-    config = llava_config(args.preset, grid, args.new_tokens)
+    config = llava_config(args.preset, side, args.new_tokens)
     text, N = config.text_config, config.num_visual_tokens
     model, inputs = random_model(config, device, dtype, args.seed), random_inputs(config, args.seed)
     pixels = inputs.pixel_values.to(device, dtype)
@@ -251,9 +217,9 @@ def bench_grid(args, grid: int, schedules: dict, reference: bool, device, dtype)
     with torch.inference_mode(), contextlib.ExitStack() as stack:
         tower = []
         for _ in range(args.runs + 1):  # the first is a warm-up
-            start = now(device)
+            start = cli.now(device)
             features = model.vision_tower(pixels, config.vision_feature_layer)
-            tower.append(now(device) - start)
+            tower.append(cli.now(device) - start)
         stack.enter_context(cached_output(model.vision_tower, features))
         contenders = {m: functools.partial(run_ours, model, inputs, schedule, args.new_tokens, device)
                       for m, schedule in schedules.items()}
@@ -284,7 +250,7 @@ def bench_grid(args, grid: int, schedules: dict, reference: bool, device, dtype)
         hits both sides of each ratio, where a ratio of two medians would take it in full."""
         return statistics.median(x[key] / y[key] for x, y in zip(samples[a], samples[b]))
 
-    sizes = dict(num_visual=N, num_text=inputs.input_ids.shape[1] - N, num_layers=text.num_hidden_layers,
+    sizes = dict(num_visual_tokens=N, num_text=inputs.input_ids.shape[1] - N, num_layers=text.num_hidden_layers,
                  hidden=text.hidden_size)
     rows = []
     mb = lambda nbytes: None if nbytes is None else nbytes / 2 ** 20  # noqa: E731
@@ -293,18 +259,18 @@ def bench_grid(args, grid: int, schedules: dict, reference: bool, device, dtype)
         reduction = pruning.flops_reduction(last["kept"], **sizes, mlp=text.intermediate_size)
         speedup = ratio("none", m, "prefill")
         rows.append(dict(
-            method=m, grid=grid, visual_tokens=N, text_tokens=sizes["num_text"],
+            method=m, grid=side, visual_tokens=N, text_tokens=sizes["num_text"],
             kept={layer: len(idx) for layer, idx in last["kept"].items()}, flops_reduction=reduction,
             ideal_speedup=1 / (1 - reduction),
             measured_speedup=speedup, efficiency=speedup * (1 - reduction),
             criteria_ms=ms(m, "criteria"), criteria_share=statistics.median(s["criteria"] / s["prefill"] for s in samples[m]),
             prefill_ms=ms(m, "prefill"), decode_ms_per_token=ms(m, "decode"),
             kv_cache_mb=last["kv_bytes"] / 2 ** 20, peak_mb=mb(peak[m])))
-    result = dict(grid=grid, visual_tokens=N, vision_tower_ms=1000 * statistics.median(tower[1:]), rows=rows)
+    result = dict(grid=side, visual_tokens=N, vision_tower_ms=1000 * statistics.median(tower[1:]), rows=rows)
     if reference:
         ours, theirs = samples["none"][-1]["last_logits"], samples["transformers"][-1]["last_logits"]
         result["reference"] = dict(
-            library=f"transformers {transformers_version()}", attention="sdpa", grid=grid,
+            library=f"transformers {transformers_version()}", attention="sdpa", grid=side,
             prefill_ms=ms("transformers", "prefill"), decode_ms_per_token=ms("transformers", "decode"),
             peak_mb=mb(peak["transformers"]), prefill_ours_over_theirs=ratio("none", "transformers", "prefill"),
             decode_ours_over_theirs=ratio("none", "transformers", "decode"),
@@ -357,42 +323,39 @@ def print_report(results: list[dict], reference_note: str) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu", choices=list(PRESETS),
+    p.add_argument("--preset", default="cpu", choices=list(MODEL_SIZES),
                    help="cpu (default: LLaVA-1.5's 24x24 layout, smaller models), llava-1.5-7b (real sizes, "
                         "for a GPU), tiny (seconds; for the tests)")
     p.add_argument("--grid", default=None, help="comma list of grid sides, e.g. 12,24,48 (default: the preset's); "
                                                 "every method runs at the preset's grid, none and feather at the others")
-    p.add_argument("--runs", type=int, default=5, help="timed runs of each method after a warm-up (default 5)")
-    p.add_argument("--new-tokens", type=int, default=32, help="decode steps timed after each prefill (default 32)")
+    p.add_argument("--runs", type=cli.positive_int, default=5,
+                   help="timed runs of each method after a warm-up (default 5)")
+    p.add_argument("--new-tokens", type=cli.positive_int, default=32,
+                   help="decode steps timed after each prefill (default 32)")
     p.add_argument("--methods", default=",".join(METHODS[1:]),
                    help=f"comma subset of {','.join(METHODS[1:])} (default: all); none, the baseline, always runs")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, float16 on GPUs)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    cli.add_device_options(p)
+    p.add_argument("--threads", type=cli.at_least(0), default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--no-reference", action="store_true", help="skip the transformers reference")
 
 
-def parse_list(option: str, value: str, parse, allowed=None) -> list:
+def parse_sides(value: str) -> list[int]:
+    """--grid: a comma list of grid sides, each once."""
     try:
-        items = [parse(x.strip()) for x in value.split(",")]
+        sides = [int(x.strip()) for x in value.split(",")]
     except ValueError:
-        items = []
-    if not items or not all(x in allowed if allowed else x > 0 for x in items):
-        expected = f"a comma subset of {','.join(allowed)}" if allowed else "a comma list of positive integers"
-        raise ValueError(f"{option} {value!r}: expected {expected}")
-    return list(dict.fromkeys(items))
+        sides = []
+    if not sides or min(sides) < 1:
+        raise ValueError(f"--grid {value!r}: expected a comma list of positive integers")
+    return list(dict.fromkeys(sides))
 
 
 def main(args) -> int:
-    own_grid, text, vision = PRESETS[args.preset]
-    grids = parse_list("--grid", args.grid, int) if args.grid else [own_grid]
-    chosen = parse_list("--methods", args.methods, str, METHODS)
-    for option, value, least in [("--runs", args.runs, 1), ("--new-tokens", args.new_tokens, 1),
-                                 ("--threads", args.threads, 0)]:
-        if value < least:
-            raise ValueError(f"{option} must be at least {least}, got {value}")
+    own_grid, text, vision = MODEL_SIZES[args.preset]
+    grids = parse_sides(args.grid) if args.grid else [own_grid]
+    chosen = cli.parse_methods(args.methods, METHODS)
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise ValueError(f"--json {args.json}: its folder does not exist")
     device = resolve_device(args.device)
@@ -404,7 +367,7 @@ def main(args) -> int:
     plan = {g: [m for m in METHODS if m == "none" or (m in chosen and (g == main_grid or m in SCALING_METHODS))]
             for g in grids}
     L = text.num_hidden_layers
-    schedules = schedules_for(plan[main_grid], L)  # the main grid runs every method
+    schedules = dict(cli.schedules(plan[main_grid], L))  # the main grid runs every method
     for g in grids:  # a schedule the grid cannot hold fails now, not minutes in
         for m in plan[g][1:]:
             try:

@@ -20,21 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-from . import pictures, pruning, synthetic
-from .bench import now, schedules_for
-from .evaluate import SHIPPED_WEIGHTS, Case, box_in_square, correct, parse_methods
+from . import cli, pictures, pruning, synthetic
 from .model import load_pretrained
-from .processing import expand_to_square, load_image
+from .processing import box_in_square, expand_to_square, load_image
 
-METHODS = ("none", "fastv", "fastv_norope", "pyramid_drop", "feather")
-CHOICES = ("none",) + tuple(pruning.PRESETS)  # what --methods accepts
+METHODS = ("none",) + cli.HEADLINE  # the default --methods
 
 # -----------------------------------------------------------------------------
 # The built-in example and the reference answers it knows
@@ -71,10 +66,10 @@ def time_prefills(model, inputs, schedules: dict, repeats: int) -> dict[str, lis
     with torch.inference_mode():
         for round_ in range(repeats + 1):
             for method, schedule in schedules.items():
-                start = now(model.device)
+                start = cli.now(model.device)
                 model(inputs, schedule=schedule, logits_to_keep=1)
                 if round_:
-                    times[method].append(now(model.device) - start)
+                    times[method].append(cli.now(model.device) - start)
     return times
 
 
@@ -91,14 +86,13 @@ def run(model, processor, image, prompt: str, methods: list[str], question: synt
     length = inputs.input_ids.shape[1]
     if length + max_new_tokens - 1 > cfg.max_position_embeddings:
         too_long = "--prompt is too long" if length > cfg.max_position_embeddings else "too long an answer allowed"
-        raise ValueError(f"{too_long}: the prompt takes {length} tokens with the image's {inputs.visual_len} visual "
-                         f"tokens, plus --max-new-tokens {max_new_tokens}, over the model's context of "
-                         f"{cfg.max_position_embeddings}")
-    # Each preset at its default layers, scaled to the model's depth; the scaling note goes into
-    # the schedule's name line rather than to stdout, so that --json output stays JSON.
-    schedules = schedules_for(list(dict.fromkeys(["none"] + methods)), cfg.num_hidden_layers)
+        raise ValueError(f"{too_long}: the prompt takes {length} tokens with the image's "
+                         f"{inputs.num_visual_tokens} visual tokens, plus --max-new-tokens {max_new_tokens}, "
+                         f"over the model's context of {cfg.max_position_embeddings}")
+    # Each preset at its default layers, scaled to the model's depth (the schedule's note says how).
+    schedules = dict(cli.schedules(list(dict.fromkeys(["none"] + methods)), cfg.num_hidden_layers))
     seconds = time_prefills(model, inputs, schedules, repeats)
-    num_text = length - inputs.visual_len
+    num_text = length - inputs.num_visual_tokens
     rows = []
     for method in methods:
         schedule = schedules[method]
@@ -107,12 +101,12 @@ def run(model, processor, image, prompt: str, methods: list[str], question: synt
         row = {"method": method, "schedule": str(schedule) if schedule else "no pruning", "answer": out.text,
                "correct": None, "iou": None,
                "kept": {layer: idx.tolist() for layer, idx in sorted(out.kept.items())},
-               "flops_reduction": pruning.flops_reduction(out.kept, inputs.visual_len, num_text, cfg.num_hidden_layers,
-                                                          cfg.hidden_size, cfg.intermediate_size),
+               "flops_reduction": pruning.flops_reduction(out.kept, inputs.num_visual_tokens, num_text,
+                                                          cfg.num_hidden_layers, cfg.hidden_size,
+                                                          cfg.intermediate_size),
                "prefill_ms": 1000 * statistics.median(seconds[method]), "prefill_ratio": statistics.median(ratios)}
         if question is not None:
-            case = Case(image, question.question, question.task, question.answer, question.box, image.size)
-            row["correct"] = correct(case, out.text)
+            row["correct"] = synthetic.answer_correct(question, out.text, image.size)
             if question.task == "loc":
                 box = synthetic.parse_box(out.text)
                 target = [round(v, 2) for v in box_in_square(question.box, image.size)]
@@ -153,7 +147,7 @@ def drawn_box(answer: str):
     return tuple(float(v) for v in match.groups()) if match else None
 
 
-def figure(square, grid: tuple[int, int], first_patch: int, rows: list[dict], title: str, target_box=None):
+def figure(square, grid_shape: tuple[int, int], first_patch: int, rows: list[dict], title: str, target_box=None):
     panels = []
     for r in rows:
         stages = len(r["kept"])
@@ -161,9 +155,9 @@ def figure(square, grid: tuple[int, int], first_patch: int, rows: list[dict], ti
                                    f"kept {kept_counts(r)}" if stages else "kept all",
                                    f"FLOPs red. {100 * r['flops_reduction']:.1f}%, "
                                    f"time {r['prefill_ratio']:.2f} of none"],
-                       "survived": pictures.stages_survived(r["kept"], grid, first_patch) if stages else None,
+                       "survived": pictures.stages_survived(r["kept"], grid_shape, first_patch) if stages else None,
                        "num_stages": stages, "predicted_box": drawn_box(r["answer"] or "")})
-    return pictures.demo_figure(square, grid, panels, title, target_box)
+    return pictures.demo_figure(square, grid_shape, panels, title, target_box)
 
 # -----------------------------------------------------------------------------
 # Command line
@@ -172,39 +166,22 @@ def figure(square, grid: tuple[int, int], first_patch: int, rows: list[dict], ti
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="an image file (default: the built-in scene)")
     p.add_argument("--prompt", help="the question (default: the built-in one; with --image: 'Describe the image.')")
-    p.add_argument("--weights", default=str(SHIPPED_WEIGHTS),
-                   help="checkpoint folder: the shipped model (default) or a llava-1.5-7b-hf download")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(CHOICES)}")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, else float16)")
+    cli.add_weights_option(p)
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated subset of {','.join(cli.METHODS)}")
+    cli.add_device_options(p)
     p.add_argument("--out", default="demo.png", help="where to write the picture (default: demo.png)")
     p.add_argument("--json", action="store_true", help="print the table as JSON on stdout, kept indices included")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
-    p.add_argument("--repeats", type=int, default=5, help="timed prefills per method (the median is reported)")
-
-
-def output_path(text: str) -> Path:
-    """--out, checked before anything runs, so that a bad path does not waste the run."""
-    out = Path(text)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out must name a .png file, got {text!r}")
-    if out.is_dir():
-        raise ValueError(f"--out: {out} is a folder; name a .png file")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out: folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ValueError(f"--out: {out} cannot be written (permission denied)")
-    return out
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=32, help="answer length limit")
+    p.add_argument("--repeats", type=cli.positive_int, default=5,
+                   help="timed prefills per method (the median is reported)")
 
 
 def main(args) -> int:
-    methods = parse_methods(args.methods, CHOICES)  # evaluate's, so every command reads --methods alike
+    methods = cli.parse_methods(args.methods)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty; leave it out for the default question")
-    for name in ("max_new_tokens", "repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    out_png = output_path(args.out)
+    out_png = cli.output_path(args.out)
     if args.image is not None:  # an empty --image is an error of load_image's, not the built-in scene
         image = load_image(args.image)  # errors name the file, before the weights load
         prompt, question = args.prompt if args.prompt is not None else "Describe the image.", None
@@ -225,15 +202,15 @@ def main(args) -> int:
     square = expand_to_square(image, background)  # what the model sees, so the grid lies over it
     target = box_in_square(question.box, image.size) if question is not None and question.task == "loc" else None
     title = f"{prompt}  (reference: {question.answer})" if question is not None else prompt
-    picture = figure(square, processor.grid, processor.first_patch, rows, title, target)
+    picture = figure(square, processor.grid_shape, processor.first_patch, rows, title, target)
 
     if args.json:
         print(json.dumps({"weights": str(args.weights), "device": str(model.device), "dtype": str(model.dtype),
                           "image": source, "prompt": prompt,
                           "reference": question.answer if question is not None else None,
-                          "grid": list(processor.grid), "num_visual": processor.num_visual_tokens,
+                          "grid_shape": list(processor.grid_shape), "num_visual_tokens": processor.num_visual_tokens,
                           "png": str(out_png), "rows": rows}, indent=1))
-        save_picture(picture, out_png)
+        cli.save_picture(picture, out_png)
         print(f"wrote {out_png}", file=sys.stderr)
         return 0
     where = f"{args.weights} on {model.device} ({str(model.dtype).removeprefix('torch.')})"
@@ -244,14 +221,7 @@ def main(args) -> int:
     print(table(rows))
     print(f"prefill = one forward over the prompt, vision tower included, median of {args.repeats}; time / none = "
           "median of the per-round ratios; FLOPs red. = FastV's count for the decoder")
-    save_picture(picture, out_png)
+    cli.save_picture(picture, out_png)
     print(f"wrote {out_png}")
     return 0
 
-
-def save_picture(picture, out: Path) -> None:
-    """Write the PNG after the table is printed, so that a full disk does not throw the run's results away."""
-    try:
-        picture.save(out)
-    except OSError as e:
-        raise OSError(f"--out: could not write {out} ({e.strerror or e})") from None

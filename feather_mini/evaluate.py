@@ -25,33 +25,16 @@ then PyramidDrop and FEATHER. Columns:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import pruning, synthetic
+from . import cli, pruning, synthetic
 from .model import load_pretrained
-from .processing import IMAGE_PLACEHOLDER, load_image
+from .processing import IMAGE_PLACEHOLDER, box_in_square, load_image
 
-
-def shipped_weights(name: str = "feather-tiny") -> Path:
-    """A model shipped in weights/: inside the installed package (pyproject maps weights/ to
-    feather_mini/weights), or in the checkout beside it (an editable install, the tests)."""
-    here = Path(__file__).resolve().parent
-    installed, checkout = here / "weights" / name, here.parent / "weights" / name
-    return installed if installed.is_dir() else checkout
-
-
-SHIPPED_WEIGHTS = shipped_weights()
-CRITERION_PRESETS = ("fastv", "fastv_norope", "knn", "uniform", "ensemble", "random")  # one criterion each
-MULTISTAGE_PRESETS = ("pyramid_drop", "feather")
-METHODS = ("none",) + CRITERION_PRESETS + MULTISTAGE_PRESETS
-EARLY_K, LATER_K = 3, 8  # in the presets' 32-layer numbering
 KEYS = ("method", "layer", "flops_reduction", "loc_acc", "other_acc", "bottom_share",
         "loc_acc_top", "loc_acc_bottom", "loc_se", "other_se", "loc_top_se", "loc_bottom_se")
 
@@ -135,22 +118,6 @@ def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> li
     return cases
 
 
-def box_in_square(box, size: tuple[int, int]) -> tuple[float, ...]:
-    """A box in pixels of a (width, height) image -> normalized to the image padded to a square
-    (processing.expand_to_square), the frame LLaVA-1.5 answers boxes in."""
-    w, h = size
-    side = max(w, h)
-    dx, dy = (side - w) // 2, (side - h) // 2
-    x1, y1, x2, y2 = box
-    return (x1 + dx) / side, (y1 + dy) / side, (x2 + dx) / side, (y2 + dy) / side
-
-
-def correct(case: Case, answer: str) -> bool:
-    if case.task == "loc":
-        return synthetic.box_correct(answer, box_in_square(case.box, case.size))
-    return synthetic.word_correct(answer, case.answer)
-
-
 def half(case: Case) -> str | None:
     """"top" or "bottom": the half of the (square-padded) image holding the target box's centre;
     None for a centre exactly on the middle line, and for questions without a box."""
@@ -169,38 +136,21 @@ def accuracy(hits: list[bool]) -> tuple[float | None, float | None]:
     return p, (p * (1 - p) / len(hits)) ** 0.5
 
 # -----------------------------------------------------------------------------
-# Methods -> schedules, and one row of the table
-
-
-def schedules(methods: list[str], num_layers: int) -> list[tuple[str, pruning.Schedule | None]]:
-    """(method, schedule) rows in table order; each single-criterion method gives two rows, at
-    the early and the later layer. The presets' scaling notes are not printed here."""
-    rows = []
-    with contextlib.redirect_stdout(io.StringIO()):  # one note per preset would bury the table
-        for method in METHODS:
-            if method not in methods:
-                continue
-            if method == "none":
-                rows.append((method, None))
-            elif method in CRITERION_PRESETS:
-                rows += [(method, pruning.PRESETS[method](layer=k, num_layers=num_layers)) for k in (EARLY_K, LATER_K)]
-            else:
-                rows.append((method, pruning.PRESETS[method](num_layers=num_layers)))
-    return rows
+# One row of the table
 
 
 def evaluate(model, processor, cases: list[Case], method: str, schedule, progress=None,
              max_new_tokens: int = 32) -> tuple[dict, list[int]]:
     """One row: generate an answer for every case under `schedule` and score it. Also returns how
     many kept visual tokens (first stage) fell in each row of the grid, over all cases."""
-    cfg, (rows, cols) = model.config.text_config, processor.grid
+    cfg, (rows, cols) = model.config.text_config, processor.grid_shape
     loc, other, reduction = [], [], 0.0
     by_half: dict[str, list[bool]] = {"top": [], "bottom": []}
     per_row = torch.zeros(rows, dtype=torch.long)
     for i, case in enumerate(cases):
         inputs = processor(case.image, case.question)
-        out = model.generate(inputs, max_new_tokens, reseeded(schedule, i))
-        hit = correct(case, out.text)
+        out = model.generate(inputs, max_new_tokens, pruning.reseeded(schedule, i))
+        hit = synthetic.answer_correct(case, out.text, case.size)
         (loc if case.task == "loc" else other).append(hit)
         target_half = half(case)
         if target_half is not None:
@@ -209,8 +159,8 @@ def evaluate(model, processor, cases: list[Case], method: str, schedule, progres
             first = out.kept[min(out.kept)]  # original indices kept at the first stage
             cells = first[first >= processor.first_patch] - processor.first_patch  # CLS, if any, is no cell
             per_row += torch.bincount(cells // cols, minlength=rows)
-        num_text = inputs.input_ids.shape[1] - inputs.visual_len
-        reduction += pruning.flops_reduction(out.kept, inputs.visual_len, num_text, cfg.num_hidden_layers,
+        num_text = inputs.input_ids.shape[1] - inputs.num_visual_tokens
+        reduction += pruning.flops_reduction(out.kept, inputs.num_visual_tokens, num_text, cfg.num_hidden_layers,
                                              cfg.hidden_size, cfg.intermediate_size)
         if progress:
             progress(i + 1)
@@ -229,14 +179,6 @@ def bottom_share(per_row: list[int]) -> float | None:
     half = len(per_row) // 2
     top, bottom = sum(per_row[:half]), sum(per_row[len(per_row) - half:])
     return bottom / (top + bottom) if top + bottom else None
-
-
-def reseeded(schedule, seed: int):
-    """The random control draws a different subset for each question (seeded by its index), so
-    that its average over the split is unbiased; every other schedule is returned as it is."""
-    if schedule is None or all(s.criterion != "phi_random" for s in schedule.stages):
-        return schedule
-    return replace(schedule, stages=tuple(replace(s, seed=seed) for s in schedule.stages))
 
 
 def row_histogram(per_row: list[int], width: int = 40) -> str:
@@ -265,46 +207,22 @@ def table(rows: list[dict]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="checkpoint folder (default: the shipped model)")
-    p.add_argument("--limit", type=int, default=None,
+    cli.add_weights_option(p)
+    p.add_argument("--limit", type=cli.positive_int, default=None,
                    help="questions to evaluate (default: all: the 400 of the test split, or every --data line)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(cli.METHODS),
+                   help=f"comma-separated subset of {','.join(cli.METHODS)}")
     p.add_argument("--data", help="a RefCOCO-style JSONL file (image, expression, box in pixels) instead of the test split")
     p.add_argument("--template", default="Where is the {expression}?",
                    help="the question asked for each --data expression (default: the shipped model's)")
-    p.add_argument("--max-new-tokens", type=int, default=32,
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=32,
                    help="answer length limit (the shipped model stops after 5; a 7B box takes about 25 tokens)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU)")
+    cli.add_device_options(p)
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
 
 
-def parse_methods(text: str, choices: tuple[str, ...]) -> list[str]:
-    """--methods: a comma-separated subset of `choices`, in the order given, each once."""
-    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in methods if m not in choices]
-    if unknown or not methods:
-        raise ValueError(f"--methods: unknown method {unknown[0] if unknown else '(none given)'!r}; "
-                         f"expected a comma-separated subset of {', '.join(choices)}")
-    return methods
-
-
-def progress_line(prefix: str, n: int, of: int, label: str, total: int):
-    """A callback done -> one progress line on stderr for the n-th of `of` runs over `total` items
-    ("eval: row 3/15 fastv (layers 2): 40/400"): redrawn in place on a terminal, printed once (when
-    done) into a log file."""
-    def progress(done: int) -> None:
-        if done == total or sys.stderr.isatty():
-            print(f"\r{prefix} {n}/{of} {label}: {done}/{total}", end="\n" if done == total else "",
-                  file=sys.stderr, flush=True)
-    return progress
-
-
 def main(args) -> int:
-    methods = parse_methods(args.methods, METHODS)
-    for name in ("limit", "max_new_tokens"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    chosen = cli.parse_methods(args.methods)
     try:
         template_ok = "{expression}" in args.template and args.template.format(expression="") is not None
     except (KeyError, IndexError, ValueError):  # another {field}, or a stray brace
@@ -314,11 +232,12 @@ def main(args) -> int:
     cases = (jsonl_cases(args.data, args.template, args.limit) if args.data is not None else
              synthetic_cases(args.limit or synthetic.TEST_SIZE))
     model, processor = load_pretrained(args.weights, args.device, args.dtype)
-    rows_to_run = schedules(methods, model.config.text_config.num_hidden_layers)
+    methods = [m for m in cli.METHODS if m in chosen]  # the table's order
+    rows_to_run = cli.schedules(methods, model.config.text_config.num_hidden_layers, both_layers=True)
     rows, histograms = [], {}
     for n, (method, schedule) in enumerate(rows_to_run, start=1):
         label = f"{method} (layers {','.join(str(s.layer) for s in schedule.stages)})" if schedule else method
-        progress = progress_line("eval: row", n, len(rows_to_run), label, len(cases))
+        progress = cli.progress_line("eval: row", n, len(rows_to_run), label, len(cases))
         row, per_row = evaluate(model, processor, cases, method, schedule, progress, args.max_new_tokens)
         rows.append(row)
         histograms[(method, tuple(row["layer"]))] = per_row

@@ -15,23 +15,20 @@ import argparse
 
 import torch
 
-from . import demo, evaluate, pictures, pruning, synthetic
-from .bench import schedules_for
+from . import cli, evaluate, pictures, pruning, synthetic
 from .model import load_pretrained
-
-METHODS = ("fastv", "fastv_norope", "pyramid_drop", "feather")
 
 
 def kept_frequency(model, processor, cases, schedule: pruning.Schedule, stage: int, progress=None) -> torch.Tensor:
     """(rows, cols) float: the share of `cases` in which each grid position survives the
     schedule's stage number `stage` (0 = first, -1 = last). Prefills only: nothing is generated."""
-    rows, cols = processor.grid
+    rows, cols = processor.grid_shape
     first_patch = processor.first_patch  # 1 when a CLS token comes first
     counts = torch.zeros(rows * cols)
     layer = schedule.layers[stage]
     with torch.inference_mode():
         for i, case in enumerate(cases):
-            out = model(processor(case.image, case.question), schedule=evaluate.reseeded(schedule, i),
+            out = model(processor(case.image, case.question), schedule=pruning.reseeded(schedule, i),
                         logits_to_keep=1)
             kept = out.kept[layer]
             counts[kept[kept >= first_patch] - first_patch] += 1
@@ -41,33 +38,31 @@ def kept_frequency(model, processor, cases, schedule: pruning.Schedule, stage: i
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=str(evaluate.SHIPPED_WEIGHTS),
-                   help="checkpoint folder (default: the shipped model)")
-    p.add_argument("--methods", default=",".join(METHODS),
+    cli.add_weights_option(p)
+    p.add_argument("--methods", default=",".join(cli.HEADLINE),
                    help=f"comma-separated subset of {','.join(pruning.PRESETS)}")
-    p.add_argument("--examples", type=int, default=100,
+    p.add_argument("--examples", type=cli.positive_int, default=100,
                    help=f"test-split examples to run, at most {synthetic.TEST_SIZE} (default 100)")
     p.add_argument("--stage", choices=("first", "last"), default="first",
                    help="which stage's kept tokens to count, for the multistage methods (default: first)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, else float16)")
+    cli.add_device_options(p)
     p.add_argument("--out", default="heatmap.png", help="where to write the picture (default: heatmap.png)")
 
 
 def main(args) -> int:
-    methods = evaluate.parse_methods(args.methods, tuple(pruning.PRESETS))
-    if not 1 <= args.examples <= synthetic.TEST_SIZE:
+    methods = cli.parse_methods(args.methods, tuple(pruning.PRESETS))
+    if args.examples > synthetic.TEST_SIZE:
         raise ValueError(f"--examples must be between 1 and {synthetic.TEST_SIZE} (the test split), "
                          f"got {args.examples}")
-    out_png = demo.output_path(args.out)
+    out_png = cli.output_path(args.out)
     cases = evaluate.synthetic_cases(args.examples)
     model, processor = load_pretrained(args.weights, args.device, args.dtype)
     depth = model.config.text_config.num_hidden_layers
     stage = 0 if args.stage == "first" else -1
     panels, lines = [], []
     for n, method in enumerate(methods, start=1):
-        schedule = schedules_for([method], depth)[method]
-        progress = evaluate.progress_line("heatmap:", n, len(methods), method, len(cases))
+        [(_, schedule)] = cli.schedules([method], depth)
+        progress = cli.progress_line("heatmap:", n, len(methods), method, len(cases))
         frequency = kept_frequency(model, processor, cases, schedule, stage, progress)
         layer = schedule.layers[stage]
         per_row = frequency.sum(dim=1)
@@ -83,6 +78,6 @@ def main(args) -> int:
              f"(row 0 = top of the image)")
     print(f"{args.weights}, {len(cases)} examples of the synthetic test split, {args.stage} stage:")
     print("\n".join(lines))
-    demo.save_picture(pictures.heatmap_figure(panels, title), out_png)
+    cli.save_picture(pictures.heatmap_figure(panels, title), out_png)
     print(f"wrote {out_png}")
     return 0

@@ -57,8 +57,8 @@ class VisionConfig:
                              f"num_attention_heads {self.num_attention_heads}")
 
     @property
-    def grid(self) -> int:
-        """Patches per side: the visual tokens form a grid x grid square in raster order."""
+    def grid_side(self) -> int:
+        """Patches per side: the visual tokens form a grid_side x grid_side square in raster order."""
         return self.image_size // self.patch_size
 
 
@@ -113,7 +113,7 @@ class LlavaConfig:
     def num_visual_tokens(self) -> int:
         """N: the length of the visual span that replaces the one <image> placeholder."""
         cls = 1 if self.vision_feature_select_strategy == "full" else 0
-        return self.vision_config.grid ** 2 + cls
+        return self.vision_config.grid_side ** 2 + cls
 
     @classmethod
     def from_json(cls, path: str | Path) -> LlavaConfig:
@@ -321,7 +321,7 @@ class CLIPEmbeddings(nn.Module):
         d = cfg.hidden_size
         self.class_embedding = nn.Parameter(torch.randn(d) * d ** -0.5)
         self.patch_embedding = nn.Conv2d(cfg.num_channels, d, cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.position_embedding = nn.Embedding(cfg.grid ** 2 + 1, d)  # CLS + one per patch
+        self.position_embedding = nn.Embedding(cfg.grid_side ** 2 + 1, d)  # CLS + one per patch
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B, N, d), raster order
@@ -413,15 +413,15 @@ class LlamaAttention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         return q, k
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                cache: KVCache | None, layer: int, qk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer: int,
+                qk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """qk: project_qk(x) when the caller already has it (a pruning score was computed from it)."""
         B, T, _ = x.shape
         q, k = qk if qk is not None else self.project_qk(x)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(layer, k, v, positions)
+            k, v = cache.update(layer, k, v)
         n_rep = self.n_head // self.n_kv_head
         # T > 1 only in a prefill on an empty cache (the model checks), where the causal mask is
         # the triangle; one decoded token attends to every cached token, so it needs no mask.
@@ -452,8 +452,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, cache, layer, qk=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer, qk)
+    def forward(self, x, cos, sin, cache, layer, qk=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, qk)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -489,7 +489,7 @@ class LlamaForCausalLM(nn.Module):
                 # projections, before it runs; the layer then reuses them, so scoring costs no matmul.
                 qk = layer.self_attn.project_qk(layer.input_layernorm(x))
                 rows = pruner.select(i + 1, *qk, positions)
-            x = layer(x, cos, sin, positions, cache, i, qk)
+            x = layer(x, cos, sin, cache, i, qk)
             if rows is not None:
                 # Later layers see only these rows (text and kept visual tokens), at their ORIGINAL positions.
                 x, positions, cos, sin = x[:, rows], positions[:, rows], cos[:, rows], sin[:, rows]
@@ -500,35 +500,70 @@ class LlamaForCausalLM(nn.Module):
 
 
 class KVCache:
-    """What each decoder layer has seen: keys and values (B, n_kv, T_l, hs) and the ORIGINAL
-    position id (B, T_l) of each of those tokens.
+    """What each decoder layer has seen: keys (after RoPE, at the tokens' ORIGINAL positions) and
+    values, (B, n_kv, T_l, hs) each.
 
     Every layer keeps its own T_l, so a layer that sees fewer tokens (after visual-token
     pruning) holds a shorter cache. `length` counts the positions of the original sequence
     consumed so far: the next token gets position `length`, whatever was dropped.
+    A layer's first update (the prefill) allocates `reserve` rows beyond what it writes and
+    later ones write into them in place, as gpt-fast preallocates; should they run out, the
+    buffer doubles. So appending a token does not copy the whole cache (generate reserves one
+    row for each token it may feed back, max_new_tokens - 1).
     """
 
-    def __init__(self, num_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
-        self.positions: list[torch.Tensor | None] = [None] * num_layers
-        self.length = 0
+    def __init__(self, num_layers: int, reserve: int = 0):
+        if not is_int(reserve) or reserve < 0:
+            raise ValueError(f"KVCache reserve={reserve!r} must be an int >= 0 (rows to spare for decoding)")
+        self._keys: list[torch.Tensor | None] = [None] * num_layers  # buffers; rows past _seen are unused
+        self._values: list[torch.Tensor | None] = [None] * num_layers
+        self._seen = [0] * num_layers
+        self.reserve, self.length = reserve, 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
-        """Append this step's k, v (B, n_kv, T, hs) to `layer`'s cache; return all of them."""
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-            positions = torch.cat([self.positions[layer], positions], dim=1)
-        self.keys[layer], self.values[layer], self.positions[layer] = k, v, positions
-        return k, v
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's k, v (B, n_kv, T, hs) after `layer`'s cached rows; return all of them."""
+        seen, end, buffer = self._seen[layer], self._seen[layer] + k.shape[2], self._keys[layer]
+        # A buffer made under torch.inference_mode cannot be written outside it: copy it then.
+        frozen = buffer is not None and buffer.is_inference() and not torch.is_inference_mode_enabled()
+        if buffer is None or end > buffer.shape[2] or frozen:
+            spare = self.reserve if buffer is None else buffer.shape[2]  # after the prefill's rows: double
+            self._keys[layer] = _regrown(buffer, seen, end + spare, k)
+            self._values[layer] = _regrown(self._values[layer], seen, end + spare, v)
+        self._keys[layer][:, :, seen:end] = k
+        self._values[layer][:, :, seen:end] = v
+        self._seen[layer] = end
+        if seen == 0:
+            return k, v  # the prefill attends over its own k, v: the same tensors as without a cache
+        return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
+
+    @property
+    def keys(self) -> list[torch.Tensor | None]:
+        """Per layer, its cached keys (B, n_kv, T_l, hs); None for a layer that has seen nothing."""
+        return [None if b is None else b[:, :, :n] for b, n in zip(self._keys, self._seen)]
+
+    @property
+    def values(self) -> list[torch.Tensor | None]:
+        return [None if b is None else b[:, :, :n] for b, n in zip(self._values, self._seen)]
 
     def seen(self, layer: int) -> int:
         """How many tokens `layer` holds."""
-        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+        return self._seen[layer]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._seen)
 
     def nbytes(self) -> int:
+        """Bytes of the cached rows (not of the spare ones)."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
+def _regrown(buffer: torch.Tensor | None, filled: int, rows: int, like: torch.Tensor) -> torch.Tensor:
+    """A buffer of `rows` rows shaped and typed like `like`, holding `buffer`'s first `filled` rows."""
+    grown = like.new_empty(like.shape[0], like.shape[1], rows, like.shape[3])
+    if buffer is not None:
+        grown[:, :, :filled] = buffer[:, :, :filled]
+    return grown
 
 # -----------------------------------------------------------------------------
 # The LLaVA model
@@ -540,6 +575,7 @@ class Prefill:
     # For each pruning stage's layer, the ORIGINAL indices (0..N-1, raster order) of the
     # visual tokens that survive it, as CPU int64 tensors; empty without a schedule.
     kept: dict[int, torch.Tensor] = field(default_factory=dict)
+    pruning_seconds: float = 0.0  # time spent choosing tokens, measured only when forward is given a clock
 
 
 @dataclass
@@ -580,91 +616,106 @@ class LlavaForConditionalGeneration(nn.Module):
     def embed(self, input_ids: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, T, d) with each image's N visual tokens (B, N, d) written over its
         N placeholders."""
-        self._check_placeholders(input_ids, visual_tokens.shape[0])
+        self._check_input_ids(input_ids, visual_tokens.shape[0])
+        return self._splice(input_ids, visual_tokens)
+
+    def _splice(self, input_ids: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
         is_visual = input_ids == self.config.image_token_index
         # The placeholder id may lie outside the vocabulary; its embedding is overwritten anyway.
-        h = self._embed_text(input_ids.masked_fill(is_visual, 0))
+        h = self.language_model.model.embed_tokens(input_ids.masked_fill(is_visual, 0))
         return h.masked_scatter(is_visual[..., None], visual_tokens.to(h.dtype))
 
-    def _check_placeholders(self, input_ids: torch.Tensor, num_images: int) -> None:
-        N, n_placeholders = self.config.num_visual_tokens, (input_ids == self.config.image_token_index).sum().item()
+    def _check_input_ids(self, input_ids: torch.Tensor, num_images: int, visual_start: int | None = None) -> None:
+        """Every id in the vocabulary (placeholders aside), N placeholders per image and, when pruning,
+        all N in one span from `visual_start`. Run on the ids where they are (the processor's: on the
+        CPU, before they move), so that it costs no wait for a GPU."""
+        N, image = self.config.num_visual_tokens, self.config.image_token_index
+        is_visual = input_ids == image
+        self._check_vocabulary(input_ids[~is_visual])
+        n_placeholders = int(is_visual.sum())
         if n_placeholders != num_images * N:
-            raise ValueError(f"input_ids hold {n_placeholders} image tokens (id "
-                             f"{self.config.image_token_index}) for {num_images} image(s) of {N} visual tokens "
-                             f"each; expected {num_images * N}")
+            raise ValueError(f"input_ids hold {n_placeholders} image tokens (id {image}) for {num_images} image(s) "
+                             f"of {N} visual tokens each; expected {num_images * N}")
+        inside = visual_start is not None and 0 <= visual_start <= input_ids.shape[1] - N
+        if visual_start is not None and not (inside and is_visual[0, visual_start:visual_start + N].all()):
+            raise ValueError(f"pruning needs the {N} image tokens (id {image}) as one contiguous span from "
+                             f"inputs.visual_start={visual_start}, as the processor writes them")
 
-    def _visual_start(self, input_ids: torch.Tensor) -> int:
-        """Where the one sequence's visual span begins; pruning needs it contiguous."""
-        N, is_visual = self.config.num_visual_tokens, input_ids[0] == self.config.image_token_index
-        start = is_visual.int().argmax().item()
-        if not is_visual[start:start + N].all():
-            raise ValueError(f"pruning needs the {N} image tokens (id {self.config.image_token_index}) as one "
-                             "contiguous span, as the processor writes them")
-        return start
-
-    def _embed_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def _check_vocabulary(self, token_ids: torch.Tensor) -> None:
         vocab = self.config.text_config.vocab_size
-        if token_ids.numel() and not 0 <= token_ids.min().item() <= token_ids.max().item() < vocab:
-            bad = token_ids[(token_ids < 0) | (token_ids >= vocab)][0].item()
-            raise ValueError(f"token id {bad} is outside the vocabulary of {vocab} (text_config.vocab_size)")
-        return self.language_model.model.embed_tokens(token_ids)
+        if token_ids.numel():
+            low, high = torch.aminmax(token_ids)
+            if low < 0 or high >= vocab:
+                bad = token_ids[(token_ids < 0) | (token_ids >= vocab)][0].item()
+                raise ValueError(f"token id {bad} is outside the vocabulary of {vocab} (text_config.vocab_size)")
 
     def _check_cache(self, cache: KVCache) -> None:
         layers = self.config.text_config.num_hidden_layers
-        if len(cache.keys) != layers:
-            raise ValueError(f"KVCache has {len(cache.keys)} layers; the model has {layers}")
+        if cache.num_layers != layers:
+            raise ValueError(f"KVCache has {cache.num_layers} layers; the model has {layers}")
 
-    def forward(self, inputs, cache: KVCache | None = None, schedule=None, logits_to_keep: int = 0) -> Prefill:
+    def forward(self, inputs, cache: KVCache | None = None, schedule=None, logits_to_keep: int = 0,
+                clock=None) -> Prefill:
         """Prefill: full-sequence logits (B, T', vocab), float32, and the visual tokens kept.
 
-        `inputs` is what the processor returns (anything with input_ids (B, T) and
-        pixel_values (B, 3, S, S)). With a cache, it must be empty; it is filled.
+        `inputs` is what the processor returns (input_ids (B, T), pixel_values (B, 3, S, S) and,
+        for pruning, visual_start). With a cache, it must be empty; it is filled.
         schedule (a pruning.Schedule, one sequence only): drops visual tokens before its stage
         layers; T' = T - dropped tokens, since the logits come from the last layer's rows.
         logits_to_keep=k > 0: only the last k rows' logits, (B, k, vocab).
+        clock: a function returning seconds (the benchmark's); given, Prefill.pruning_seconds is
+        the time spent choosing tokens.
         """
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be 0 (every row) or a positive count, got {logits_to_keep}")
-        input_ids = inputs.input_ids.to(self.device)
-        pixel_values = inputs.pixel_values.to(self.device, self.dtype)
         if cache is not None:
             self._check_cache(cache)
             if cache.length:
                 raise ValueError(f"the prefill needs an empty KVCache; this one already holds {cache.length} positions")
-        B, T = input_ids.shape
+        B, T = inputs.input_ids.shape
         self._check_context(T)
-        self._check_placeholders(input_ids, pixel_values.shape[0])
-        pruner = None
+        text, side, N = self.config.text_config, self.config.vision_config.grid_side, self.config.num_visual_tokens
         if schedule is not None:
-            if not hasattr(schedule, "pruner"):
+            if not hasattr(schedule, "pruner"):  # model.py does not import pruning.py: name the type wanted
                 raise TypeError(f"schedule must be a pruning.Schedule such as pruning.feather(num_layers=...), "
                                 f"not {type(schedule).__name__} {schedule!r}")
             if B != 1:
                 raise ValueError(f"pruning takes one sequence (kept tokens differ per image); got a batch of {B}")
-            text, grid = self.config.text_config, self.config.vision_config.grid
-            # Checks the schedule against this model before any compute.
-            pruner = schedule.pruner(text.num_hidden_layers, self.config.num_visual_tokens, (grid, grid),
-                                     self._visual_start(input_ids), text.rope_theta)
-        features = self.patch_features(pixel_values)
-        if pruner is not None:
-            pruner.patch_features = features[0]
+            schedule.check(text.num_hidden_layers, N, (side, side))  # before any compute
+        visual_start = None if schedule is None else getattr(inputs, "visual_start", None)
+        if schedule is not None and not is_int(visual_start):
+            raise TypeError(f"pruning needs inputs.visual_start, where the visual tokens begin (the processor's "
+                            f"Inputs carry it); got {type(inputs).__name__} with visual_start={visual_start!r}")
+        self._check_input_ids(inputs.input_ids, inputs.pixel_values.shape[0], visual_start)
+        input_ids = inputs.input_ids.to(self.device)
+        features = self.patch_features(inputs.pixel_values.to(self.device, self.dtype))
+        pruner = None if schedule is None else schedule.pruner(N, (side, side), visual_start, text.rope_theta,
+                                                               features[0], clock)
         positions = torch.arange(T, device=self.device).expand(B, T)
-        h = self.embed(input_ids, self.multi_modal_projector(features))
+        h = self._splice(input_ids, self.multi_modal_projector(features))
         logits = self.language_model(h, positions, cache, pruner, logits_to_keep)
         if cache is not None:
             cache.length = T
-        return Prefill(logits.float(), pruner.kept if pruner is not None else {})
+        if pruner is None:
+            return Prefill(logits.float())
+        return Prefill(logits.float(), pruner.kept, pruner.seconds)
 
-    def decode_step(self, token_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One new token per sequence (B, 1) after a prefill -> its logits (B, 1, vocab), float32."""
+    def decode_step(self, token_ids: torch.Tensor, cache: KVCache, check_ids: bool = True) -> torch.Tensor:
+        """One new token per sequence (B, 1) after a prefill -> its logits (B, 1, vocab), float32.
+
+        check_ids=False: the ids are the model's own choice (an argmax of its logits, as in generate
+        and the benchmark), so the vocabulary check, which on a GPU makes every token wait for it,
+        is skipped."""
         self._check_cache(cache)
         if token_ids.ndim != 2 or token_ids.shape[1] != 1:
             raise ValueError(f"decode_step takes token ids of shape (B, 1), got {tuple(token_ids.shape)}")
         if cache.length == 0:
             raise ValueError("decode_step needs a KVCache filled by a prefill (model(inputs, cache)); this one is empty")
         self._check_context(cache.length + 1)
+        if check_ids:
+            self._check_vocabulary(token_ids)
         positions = torch.full((token_ids.shape[0], 1), cache.length, device=self.device)
-        h = self._embed_text(token_ids.to(self.device))
+        h = self.language_model.model.embed_tokens(token_ids.to(self.device))
         logits = self.language_model(h, positions, cache)
         cache.length += 1
         return logits.float()
@@ -682,14 +733,14 @@ class LlavaForConditionalGeneration(nn.Module):
         self._check_context(inputs.input_ids.shape[1] + max_new_tokens - 1)
         eos = self.config.text_config.eos_token_id
         eos = set(eos) if isinstance(eos, list) else {eos}
-        cache = KVCache(self.config.text_config.num_hidden_layers)
+        cache = KVCache(self.config.text_config.num_hidden_layers, reserve=max_new_tokens - 1)
         prefill = self(inputs, cache, schedule, logits_to_keep=1)
         logits = prefill.logits[:, -1]
         new = []
         while True:
             next_id = logits.argmax(-1)  # (1,); ties go to the lowest id
-            # The token and whether its row was finite come to the host together: one sync per token,
-            # as before. NaN logits would otherwise decode as a token and end as an empty answer.
+            # The token and whether its row was finite come to the host together: one sync per token.
+            # NaN logits would otherwise decode as a token and end as an empty answer.
             token, finite = torch.cat((next_id, torch.isfinite(logits).all()[None])).tolist()
             if not finite:
                 raise ValueError(f"non-finite logits at new token {len(new) + 1} (NaN or inf): the weights hold "
@@ -697,7 +748,7 @@ class LlavaForConditionalGeneration(nn.Module):
             new.append(token)
             if new[-1] in eos or len(new) == max_new_tokens:
                 break  # the last token is never fed back: no decode step is wasted on it
-            logits = self.decode_step(next_id[:, None], cache)[:, -1]
+            logits = self.decode_step(next_id[:, None], cache, check_ids=False)[:, -1]
         tokenizer = getattr(inputs, "tokenizer", None)
         text = tokenizer.decode(new, skip_special_tokens=True) if tokenizer is not None else None
         return Generation(token_ids=new, text=text, kept=prefill.kept)
@@ -885,3 +936,14 @@ def load_pretrained(path: str | Path, device=None, dtype=None):
     """
     model = load_model(path, device, dtype)
     return model, Processor.from_pretrained(path, model.config)
+
+
+def shipped_weights(name: str = "feather-tiny") -> Path:
+    """A model shipped in weights/: inside the installed package (pyproject maps weights/ to
+    feather_mini/weights), or in the checkout beside it (an editable install, the tests)."""
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "weights" / name, here.parent / "weights" / name
+    return installed if installed.is_dir() else checkout
+
+
+SHIPPED_WEIGHTS = shipped_weights()  # the default of every command's --weights

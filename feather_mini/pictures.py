@@ -38,13 +38,13 @@ def fit(draw: ImageDraw.ImageDraw, text: str, size: int, width: int) -> str:
     return text + "..."
 
 
-def stages_survived(kept: dict, grid: tuple[int, int], first_patch: int) -> list[list[int]]:
+def stages_survived(kept: dict, grid_shape: tuple[int, int], first_patch: int) -> list[list[int]]:
     """rows x cols: how many of the schedule's stages each grid position survived.
 
     kept: {layer: original visual-token indices kept at that stage} (a run's `kept`, tensors or lists);
     first_patch: the index of the grid's first token (1 when a CLS token comes first).
     With no stages every position counts as kept (0 stages, all survived)."""
-    rows, cols = grid
+    rows, cols = grid_shape
     survived = [[0] * cols for _ in range(rows)]
     for layer in sorted(kept):
         for index in map(int, kept[layer]):
@@ -60,11 +60,11 @@ def dim(image: Image.Image, box: tuple[int, int, int, int], amount: float) -> No
     image.paste(Image.blend(region, Image.new("RGB", region.size), amount), box)
 
 
-def token_panel(square: Image.Image, grid: tuple[int, int], survived: list[list[int]] | None, num_stages: int,
+def token_panel(square: Image.Image, grid_shape: tuple[int, int], survived: list[list[int]] | None, num_stages: int,
                 target_box=None, predicted_box=None) -> Image.Image:
     """One method's panel: the (square) image the model saw with its visual tokens shaded by
     how long they survived, and boxes given normalized to that square."""
-    rows, cols = grid
+    rows, cols = grid_shape
     panel = square.convert("RGB").resize((PANEL, PANEL), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(panel)
     cell = lambda r, c: (round(c * PANEL / cols), round(r * PANEL / rows),  # noqa: E731
@@ -101,7 +101,7 @@ def legend(draw: ImageDraw.ImageDraw, x: int, y: int, entries: list[tuple[str, d
         x += 24 + text_width(draw, label, size) + 22
 
 
-def demo_figure(square: Image.Image, grid: tuple[int, int], rows: list[dict], title: str,
+def demo_figure(square: Image.Image, grid_shape: tuple[int, int], rows: list[dict], title: str,
                 target_box=None) -> Image.Image:
     """The demo's picture. rows: one dict per method with 'method', 'caption' (lines of text),
     'survived' (stages_survived or None), 'num_stages' and 'predicted_box' (normalized or None)."""
@@ -114,7 +114,7 @@ def demo_figure(square: Image.Image, grid: tuple[int, int], rows: list[dict], ti
     draw.text((MARGIN, 8), fit(draw, title, 15, figure.width - 2 * MARGIN), fill=INK, font=font(15))
     for i, row in enumerate(rows):
         x = MARGIN + i * (PANEL + MARGIN)
-        figure.paste(token_panel(square, grid, row["survived"], row["num_stages"], target_box,
+        figure.paste(token_panel(square, grid_shape, row["survived"], row["num_stages"], target_box,
                                  row["predicted_box"]), (x, header))
         for j, text in enumerate(row["caption"]):
             draw.text((x, header + PANEL + 6 + j * line), fit(draw, text, 13, PANEL), fill=INK if j == 0 else GREY,

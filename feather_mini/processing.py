@@ -37,16 +37,16 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class Inputs:
     """One prompt, ready for the model, with what every pruning criterion needs to know.
 
-    The visual tokens occupy input_ids[:, visual_start : visual_start + visual_len] and
-    come in raster order over a grid of `grid` = (rows, cols) patches: row 0 (the top of
+    The visual tokens occupy input_ids[:, visual_start : visual_start + num_visual_tokens] and
+    come in raster order over a grid of grid_shape = (rows, cols) patches: row 0 (the top of
     the image) first, left to right. (With vision_feature_select_strategy "full", CLIP's
-    CLS token comes first, so visual_len = rows * cols + 1.)
+    CLS token comes first, so num_visual_tokens = rows * cols + 1.)
     """
     input_ids: torch.Tensor  # (1, T) int64; the visual span holds the image token id
     pixel_values: torch.Tensor  # (1, 3, S, S) float32, normalized
     visual_start: int
-    visual_len: int
-    grid: tuple[int, int]
+    num_visual_tokens: int
+    grid_shape: tuple[int, int]
     tokenizer: Tokenizer | None = field(default=None, repr=False)  # lets generate() decode text
 
 
@@ -146,6 +146,16 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
     return square
 
 
+def box_in_square(box, size: tuple[int, int]) -> tuple[float, ...]:
+    """A box in pixels of a (width, height) image -> normalized to the image padded to a square
+    (expand_to_square), the frame LLaVA-1.5 answers boxes in."""
+    w, h = size
+    side = max(w, h)
+    dx, dy = (side - w) // 2, (side - h) // 2
+    x1, y1, x2, y2 = box
+    return (x1 + dx) / side, (y1 + dy) / side, (x2 + dx) / side, (y2 + dy) / side
+
+
 class Processor:
     """Turns (image, question) into `Inputs` for one model: its image size, patch grid,
     number of visual tokens and image token id."""
@@ -154,7 +164,7 @@ class Processor:
                  num_visual_tokens: int, mean=CLIP_MEAN, std=CLIP_STD):
         self.tokenizer = tokenizer
         self.image_size = image_size
-        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.grid_shape = (image_size // patch_size, image_size // patch_size)
         self.image_token_index = image_token_index
         self.num_visual_tokens = num_visual_tokens
         for name, values in [("image_mean", mean), ("image_std", std)]:
@@ -166,7 +176,7 @@ class Processor:
         self.mean, self.std = tuple(mean), tuple(std)
         # The grid's first token among the visual tokens: 1 when CLIP's CLS token comes first
         # (vision_feature_select_strategy "full"), else 0. Kept indices minus this are grid cells.
-        self.first_patch = num_visual_tokens - self.grid[0] * self.grid[1]
+        self.first_patch = num_visual_tokens - self.grid_shape[0] * self.grid_shape[1]
         found = tokenizer.token_to_id(IMAGE_PLACEHOLDER)
         if found != image_token_index:
             raise ValueError(f"tokenizer has {IMAGE_PLACEHOLDER!r} as id {found}, but the model's "
@@ -243,4 +253,4 @@ class Processor:
     def __call__(self, image: str | Path | Image.Image, question: str) -> Inputs:
         input_ids, start = self.input_ids(question)
         return Inputs(input_ids, self.pixel_values(image)[None], start, self.num_visual_tokens,
-                      self.grid, self.tokenizer)
+                      self.grid_shape, self.tokenizer)

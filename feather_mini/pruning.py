@@ -6,12 +6,16 @@ Read in this order:
    visual tokens still present). Ties go to the lower index; nothing is random.
    phi_original (FastV), phi_no_rope (the paper's phi_-R), phi_knn, phi_uniform and
    phi_ensemble (phi_-R + phi_uniform), as in the paper's Table 1.
-2. Schedules: a Schedule is a tuple of Stages (layer, criterion, budget), checked when
-   built. Presets (fastv, fastv_norope, knn, uniform, ensemble, pyramid_drop, feather) are
-   written for 32 decoder layers and scale to a model's depth. A Stage's criterion may also be
-   a function of your own, criterion(query, keys, budget) -> kept indices (see Stage).
-3. Pruner: what the model asks, once per prefill, which tokens survive each stage.
-4. FLOPs: FastV's per-layer count 4nd^2 + 2n^2d + 2ndm and the reduction it implies.
+2. CRITERIA: one row per criterion (its paper symbol, whether it can only be a first stage,
+   its stride, how the Pruner calls it); the schedules and the Pruner read only this table,
+   so a new criterion is its function plus one row.
+3. Schedules: a Schedule is a tuple of Stages (layer, criterion, fraction kept), checked when
+   built. Presets (fastv, fastv_norope, knn, uniform, ensemble, random, pyramid_drop, feather) are
+   written for 32 decoder layers and scale to a model's depth; they print nothing (the
+   scaling is in the schedule's note). A Stage's criterion may also be a function of your
+   own, criterion(query, keys, budget) -> kept indices (see Stage).
+4. Pruner: what the model asks, once per prefill, which tokens survive each stage.
+5. FLOPs: FastV's per-layer count 4nd^2 + 2n^2d + 2ndm and the reduction it implies.
 
 "Pruning at layer K" (layers numbered from 0): layers 0..K-1 see every token, layers K..
 see the text tokens and the kept visual tokens. The decision is made from layer K-1's
@@ -81,7 +85,7 @@ def phi_no_rope(query: torch.Tensor, keys: torch.Tensor, budget: int) -> torch.T
     return top_k(attention_scores(query, keys), budget)
 
 
-def knn_density(features: torch.Tensor, neighbours: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def density_peaks(features: torch.Tensor, neighbours: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peak quantities of N feature vectors (N, C): (density, delta), each (N,) float32.
 
     D = pairwise Euclidean distances / sqrt(C). density_i = exp(-mean of the squared
@@ -105,7 +109,7 @@ def phi_knn(features: torch.Tensor, budget: int) -> torch.Tensor:
     """phi_KNN: the `budget` density peaks of the vision backbone's patch features (N, C),
     ranked by density * delta: tokens that sit in a dense region and far from any denser one,
     i.e. one representative per cluster."""
-    density, delta = knn_density(features)
+    density, delta = density_peaks(features)
     return top_k(density * delta, budget)
 
 
@@ -117,7 +121,7 @@ def phi_uniform(rows: int, cols: int, stride: int, device: torch.device | str | 
     return (r[:, None] * cols + c[None, :]).flatten()
 
 
-def grid_size(rows: int, cols: int, stride: int) -> int:
+def uniform_count(rows: int, cols: int, stride: int) -> int:
     """How many tokens phi_uniform keeps: ceil(rows / stride) * ceil(cols / stride)."""
     return -(-rows // stride) * -(-cols // stride)
 
@@ -125,7 +129,7 @@ def grid_size(rows: int, cols: int, stride: int) -> int:
 def stride_for_budget(rows: int, cols: int, budget: int) -> int:
     """The stride whose grid size is nearest `budget` (on a tie, the smaller stride: more tokens).
     27x27 with a budget of 182 gives stride 2 (196 tokens), as in the paper's Table 1."""
-    return min(range(1, max(rows, cols) + 1), key=lambda s: (abs(grid_size(rows, cols, s) - budget), s))
+    return min(range(1, max(rows, cols) + 1), key=lambda s: (abs(uniform_count(rows, cols, s) - budget), s))
 
 
 def phi_ensemble(query: torch.Tensor, keys: torch.Tensor, budget: int, rows: int, cols: int,
@@ -137,31 +141,104 @@ def phi_ensemble(query: torch.Tensor, keys: torch.Tensor, budget: int, rows: int
     return torch.unique(torch.cat([phi_no_rope(query, keys, budget), grid]))
 
 
-def phi_random(num_visual: int, budget: int, seed: int = 0) -> torch.Tensor:
-    """A control, not one of the paper's criteria: `budget` of the num_visual tokens drawn
+def phi_random(num_visual_tokens: int, budget: int, seed: int = 0) -> torch.Tensor:
+    """A control, not one of the paper's criteria: `budget` of the num_visual_tokens tokens drawn
     uniformly without replacement by a generator seeded with `seed`, hence the same subset for
     every image and on every run. A criterion that matters should beat it."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(num_visual, generator=generator)[:budget].sort().values
+    return torch.randperm(num_visual_tokens, generator=generator)[:budget].sort().values
 
 
 # -----------------------------------------------------------------------------
-# Schedules: plain data, checked when built
+# The criteria table: everything the schedules and the Pruner need to know about a criterion
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a criterion may read at one stage of one prefill (tensors before RoPE)."""
+    layer: int  # the stage's layer
+    query: torch.Tensor  # (nh, hs): the last prompt token's q
+    keys: torch.Tensor  # (n_kv, n, hs): the k of the n visual tokens still present
+    query_position: torch.Tensor  # 0-d: the last prompt token's position id (read on the host only if needed)
+    key_positions: torch.Tensor  # (n,): the present visual tokens' ORIGINAL position ids
+    features: torch.Tensor | None  # (N, C): the vision backbone's features of the N original visual tokens
+    grid_shape: tuple[int, int] | None  # (rows, cols) of the original visual tokens
+    stride: int | None  # the stage's (or, from a fraction, the chosen) stride
+    seed: int
+    rope_theta: float
+
+
+# How each criterion is called on a stage's inputs s, to keep n tokens: one line each.
+def _original(s: StageInputs, n: int):
+    return phi_original(s.query, s.keys, int(s.query_position), s.key_positions, n, s.rope_theta)
+
+
+def _no_rope(s: StageInputs, n: int):
+    return phi_no_rope(s.query, s.keys, n)
+
+
+def _knn(s: StageInputs, n: int):
+    if s.features is None:  # a Pruner on a bare decoder, without a vision tower
+        raise ValueError(f"layer {s.layer}: phi_knn needs the vision backbone's features, and none were given")
+    return phi_knn(s.features, n)
+
+
+def _uniform(s: StageInputs, n: int):
+    return phi_uniform(*s.grid_shape, s.stride, s.query.device)
+
+
+def _ensemble(s: StageInputs, n: int):
+    return phi_ensemble(s.query, s.keys, n, *s.grid_shape, s.stride)
+
+
+def _random(s: StageInputs, n: int):
+    return phi_random(s.keys.shape[1], n, s.seed)
+
+
+REQUIRED, OR_FRACTION = "required", "or fraction"  # Criterion.stride: a stride must be given / or a fraction instead
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One row of CRITERIA. select(inputs, count) -> kept indices among the n present visual tokens."""
+    symbol: str  # the paper's name, as a stage prints it
+    select: Callable[[StageInputs, int], torch.Tensor] | None
+    first_stage_only: bool = False  # defined on the original N tokens (the full grid, the vision features)
+    stride: str | None = None  # None: takes no stride; REQUIRED; OR_FRACTION: a stride or a fraction, exactly one
+    unites_grid: bool = False  # its kept set is a union with the stride grid (the size depends on the image)
+    describe: str = "top {share} by {symbol}"  # how a stage prints; {share}: "25% of original"
+    seeded: bool = False  # draws at random with the stage's seed
+
+
+CRITERIA = {
+    "phi_original": Criterion("phi_original", _original),
+    "phi_no_rope": Criterion("phi_-R", _no_rope),
+    "phi_knn": Criterion("phi_KNN", _knn, first_stage_only=True),
+    "phi_uniform": Criterion("phi_uniform", _uniform, first_stage_only=True, stride=OR_FRACTION,
+                             describe="stride-{stride} grid"),  # given a fraction: "the grid nearest {share}"
+    "phi_ensemble": Criterion("phi_-R+uniform", _ensemble, first_stage_only=True, stride=REQUIRED, unites_grid=True,
+                              describe="top {share} by phi_-R + stride-{stride} grid"),
+    "phi_random": Criterion("random", _random, seeded=True, describe="a random {share} (seed {seed})"),  # the control
+}
+
 
 def criterion_name(criterion) -> str:
     """A stage's criterion as text: its name, or a function's __name__."""
     return criterion if isinstance(criterion, str) else getattr(criterion, "__name__", repr(criterion))
 
 
-CRITERIA = {  # name in code -> the paper's symbol
-    "phi_original": "phi_original",
-    "phi_no_rope": "phi_-R",
-    "phi_knn": "phi_KNN",
-    "phi_uniform": "phi_uniform",
-    "phi_ensemble": "phi_-R+uniform",
-    "phi_random": "random",  # the control
-}
-FIRST_STAGE_ONLY = ("phi_knn", "phi_uniform", "phi_ensemble")  # defined on the full grid of N tokens
+def criterion_row(criterion) -> Criterion:
+    """The table row of a criterion name. A function of one's own gets a row of its own (any stage,
+    no stride), called with (query, keys, count); an unknown name, one that only prints."""
+    name = criterion_name(criterion)
+    if callable(criterion):
+        symbol = CRITERIA[name].symbol if name in CRITERIA else name  # e.g. pruning.phi_no_rope itself
+        return Criterion(symbol, lambda s, n: criterion(s.query, s.keys, n))
+    return CRITERIA.get(name) or Criterion(name, None)
+
+
+# -----------------------------------------------------------------------------
+# Schedules: plain data, checked when built
 
 
 @dataclass(frozen=True)
@@ -173,32 +250,24 @@ class Stage:
     tokens' k (n_kv, N, hs) of layer `layer`-1, both before RoPE, over the N visual tokens
     still present; it returns the kept indices among those N: sorted, unique, int64, exactly
     `budget` of them (the model checks, and names the function when they are not).
-    keep: the fraction of visual tokens kept (count = floor(fraction * base)), where base
+    fraction: the share of visual tokens kept (count = floor(fraction * base)), where base
     is the ORIGINAL number N (of_present=False) or the number still present (True).
     stride: the grid of phi_uniform and phi_ensemble. phi_uniform takes either a stride
-    or a keep fraction, which picks the stride whose grid is nearest that count.
+    or a fraction, which picks the stride whose grid is nearest that count.
     seed: phi_random's generator (the control); an evaluation gives each image its own.
     """
     layer: int
     criterion: str | Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-    keep: float | None = None
+    fraction: float | None = None
     of_present: bool = False
     stride: int | None = None
     seed: int = 0
 
     def __str__(self) -> str:
-        symbol = criterion_name(self.criterion)
-        symbol = CRITERIA.get(symbol, symbol)
-        share = f"{100 * self.keep:g}% of {'present' if self.of_present else 'original'}" if self.keep else ""
-        if self.criterion == "phi_uniform":
-            what = f"stride-{self.stride} grid" if self.stride else f"the grid nearest {share}"
-        elif self.criterion == "phi_ensemble":
-            what = f"top {share} by phi_-R + stride-{self.stride} grid"
-        elif self.criterion == "phi_random":
-            what = f"a random {share} (seed {self.seed})"
-        else:
-            what = f"top {share} by {symbol}"
-        return f"layer {self.layer}: {what}"
+        row = criterion_row(self.criterion)
+        share = f"{100 * self.fraction:g}% of {'present' if self.of_present else 'original'}" if self.fraction else ""
+        what = "the grid nearest {share}" if row.stride == OR_FRACTION and self.stride is None else row.describe
+        return f"layer {self.layer}: " + what.format(share=share, symbol=row.symbol, stride=self.stride, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -218,42 +287,8 @@ class Schedule:
         for i, stage in enumerate(self.stages):
             if not isinstance(stage, Stage):
                 raise TypeError(f"schedule {self.name!r}, stage {i + 1}: expected a Stage, got {stage!r}")
-            name = criterion_name(stage.criterion)
-            where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {name})"
-            if not callable(stage.criterion) and stage.criterion not in CRITERIA:
-                raise ValueError(f"{where}: unknown criterion {stage.criterion!r}; expected one of {list(CRITERIA)} "
-                                 "or a function criterion(query, keys, budget)")
-            if not is_int(stage.layer) or stage.layer < 1:
-                raise ValueError(f"{where}: layer {stage.layer!r} must be an int >= 1 (the score comes from layer - 1)")
-            if i and stage.layer <= self.stages[i - 1].layer:
-                raise ValueError(f"{where}: layer {stage.layer} must come after the previous stage's layer "
-                                 f"{self.stages[i - 1].layer} (stages in increasing layer order)")
-            if stage.stride is not None and (not is_int(stage.stride) or stage.stride < 1):
-                raise ValueError(f"{where}: stride {stage.stride!r} must be an int >= 1")
-            if not isinstance(stage.of_present, bool):
-                raise ValueError(f"{where}: of_present={stage.of_present!r} must be True or False")
-            if not is_int(stage.seed) or stage.seed < 0:
-                raise ValueError(f"{where}: seed={stage.seed!r} must be an int >= 0 (phi_random's generator)")
-            if stage.criterion == "phi_ensemble" and stage.stride is None:
-                raise ValueError(f"{where}: phi_ensemble needs a stride for its grid")
-            if stage.stride is not None and stage.criterion not in ("phi_uniform", "phi_ensemble"):
-                raise ValueError(f"{where}: stride={stage.stride} only applies to phi_uniform and phi_ensemble")
-            if stage.of_present and stage.criterion in FIRST_STAGE_ONLY:
-                raise ValueError(f"{where}: of_present does not apply: {stage.criterion} is a first stage, "
-                                 "where every visual token is present")
-            if stage.criterion == "phi_uniform" and (stage.stride is None) == (stage.keep is None):
-                raise ValueError(f"{where}: phi_uniform takes a stride or a keep fraction (exactly one), "
-                                 f"got stride={stage.stride!r}, keep={stage.keep!r}")
-            if stage.keep is None and stage.criterion != "phi_uniform":
-                raise ValueError(f"{where}: keep (a fraction of visual tokens) is required")
-            if stage.keep is not None and (isinstance(stage.keep, bool) or not isinstance(stage.keep, (int, float))
-                                           or not 0 < stage.keep <= 1):
-                raise ValueError(f"{where}: keep={stage.keep!r} must be a fraction in (0, 1] of the visual "
-                                 f"tokens {'present' if stage.of_present else 'in the original grid'}")
-            if i and stage.criterion in FIRST_STAGE_ONLY:
-                needs = "the vision backbone's features" if stage.criterion == "phi_knn" else "the full grid"
-                raise ValueError(f"{where}: {stage.criterion} needs {needs}, which exist only for the "
-                                 f"original visual tokens; it can only be the first stage")
+            _check_stage(stage, f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, "
+                                f"{criterion_name(stage.criterion)})", self.stages[i - 1] if i else None)
 
     def __str__(self) -> str:
         note = f" [{self.note}]" if self.note else ""
@@ -263,54 +298,109 @@ class Schedule:
     def layers(self) -> list[int]:
         return [s.layer for s in self.stages]
 
-    def check(self, num_layers: int, num_visual: int, grid: tuple[int, int] | None) -> dict[int, tuple[int, int]]:
-        """Check the schedule against a model (depth, N visual tokens, grid) before any compute.
+    def check(self, num_layers: int, num_visual_tokens: int,
+              grid_shape: tuple[int, int] | None) -> dict[int, tuple[int, int]]:
+        """Check the schedule against a model (depth, N visual tokens, their grid) before any compute.
 
         Returns, per stage layer, the (fewest, most) visual tokens that survive it: the two
-        differ only after phi_ensemble, whose union depends on the image.
+        differ only after a criterion that unites with the grid (phi_ensemble), whose union
+        depends on the image.
         """
         if self.depth is not None and self.depth != num_layers:
             raise ValueError(f"schedule {self.name!r} is numbered for {self.depth} decoder layers, but the model "
                              f"has {num_layers}: build it with num_layers={num_layers}")
-        lo = hi = num_visual  # the fewest and most visual tokens present before this stage
+        lo = hi = num_visual_tokens  # the fewest and most visual tokens present before this stage
         bounds = {}
         for i, stage in enumerate(self.stages):
+            row = criterion_row(stage.criterion)
             where = f"schedule {self.name!r}, stage {i + 1} (layer {stage.layer}, {criterion_name(stage.criterion)})"
             if stage.layer >= num_layers:
                 raise ValueError(f"{where}: layer {stage.layer} is not below the model's depth of {num_layers} layers")
-            if stage.criterion in ("phi_uniform", "phi_ensemble"):
-                if grid is None or grid[0] * grid[1] != num_visual:
-                    raise ValueError(f"{where}: the grid {grid} does not hold the model's {num_visual} visual "
-                                     "tokens, so a uniform grid cannot be laid over them")
-            count_lo, count_hi = _stage_count(stage, num_visual, lo, grid), _stage_count(stage, num_visual, hi, grid)
+            if row.stride and (grid_shape is None or grid_shape[0] * grid_shape[1] != num_visual_tokens):
+                raise ValueError(f"{where}: the grid {grid_shape} does not hold the model's {num_visual_tokens} "
+                                 "visual tokens, so a uniform grid cannot be laid over them")
+            count_lo = stage_count(stage, num_visual_tokens, lo, grid_shape)
+            count_hi = stage_count(stage, num_visual_tokens, hi, grid_shape)
             if not stage.of_present and count_lo > lo:
                 raise ValueError(f"{where}: keeps {count_lo} visual tokens but as few as {lo} are present")
             if count_lo < 1:
-                raise ValueError(f"{where}: keeps 0 of the {lo} visual tokens present; raise keep")
+                raise ValueError(f"{where}: keeps 0 of the {lo} visual tokens present; raise fraction")
             lo, hi = count_lo, count_hi
-            if stage.criterion == "phi_ensemble":  # the grid adds between 0 and all of its tokens
-                g = grid_size(*grid, stage.stride)
-                lo, hi = max(lo, g), min(hi + g, num_visual)
+            if row.unites_grid:  # the grid adds between 0 and all of its tokens
+                g = uniform_count(*grid_shape, stage.stride)
+                lo, hi = max(lo, g), min(hi + g, num_visual_tokens)
             bounds[stage.layer] = (lo, hi)
         return bounds
 
-    def pruner(self, num_layers: int, num_visual: int, grid: tuple[int, int] | None, visual_start: int,
-               rope_theta: float) -> Pruner:
-        """A Pruner for one prefill; checks the schedule first, so a bad one fails before any compute."""
-        self.check(num_layers, num_visual, grid)
-        return Pruner(self, num_visual, grid, visual_start, rope_theta)
+    def pruner(self, num_visual_tokens: int, grid_shape: tuple[int, int] | None, visual_start: int,
+               rope_theta: float, features: torch.Tensor | None = None, clock=None) -> Pruner:
+        """A Pruner for one prefill (see Pruner), for a model this schedule has passed `check` against
+        (the model checks first, so that a bad schedule fails before any compute)."""
+        return Pruner(self, num_visual_tokens, grid_shape, visual_start, rope_theta, features, clock)
 
 
-def _stage_count(stage: Stage, num_visual: int, present: int, grid: tuple[int, int] | None) -> int:
-    """Visual tokens a stage keeps by its criterion (for phi_ensemble: its phi_-R part)."""
-    if stage.criterion == "phi_uniform":
-        return grid_size(*grid, _uniform_stride(stage, num_visual, grid))
-    return int((present if stage.of_present else num_visual) * stage.keep)
+def _check_stage(stage: Stage, where: str, previous: Stage | None) -> None:
+    """One stage's own values, read against its criterion's row of CRITERIA."""
+    if not callable(stage.criterion) and stage.criterion not in CRITERIA:
+        raise ValueError(f"{where}: unknown criterion {stage.criterion!r}; expected one of {list(CRITERIA)} "
+                         "or a function criterion(query, keys, budget)")
+    row = criterion_row(stage.criterion)
+    name = criterion_name(stage.criterion)
+    if not is_int(stage.layer) or stage.layer < 1:
+        raise ValueError(f"{where}: layer {stage.layer!r} must be an int >= 1 (the score comes from layer - 1)")
+    if previous is not None and stage.layer <= previous.layer:
+        raise ValueError(f"{where}: layer {stage.layer} must come after the previous stage's layer "
+                         f"{previous.layer} (stages in increasing layer order)")
+    if stage.stride is not None and (not is_int(stage.stride) or stage.stride < 1):
+        raise ValueError(f"{where}: stride {stage.stride!r} must be an int >= 1")
+    if not isinstance(stage.of_present, bool):
+        raise ValueError(f"{where}: of_present={stage.of_present!r} must be True or False")
+    if not is_int(stage.seed) or stage.seed < 0:
+        raise ValueError(f"{where}: seed={stage.seed!r} must be an int >= 0 (phi_random's generator)")
+    if row.stride == REQUIRED and stage.stride is None:
+        raise ValueError(f"{where}: {name} needs a stride for its grid")
+    if stage.stride is not None and row.stride is None:
+        with_stride = " and ".join(n for n, r in CRITERIA.items() if r.stride)
+        raise ValueError(f"{where}: stride={stage.stride} only applies to {with_stride}")
+    if stage.of_present and row.first_stage_only:
+        raise ValueError(f"{where}: of_present does not apply: {name} is a first stage, "
+                         "where every visual token is present")
+    if row.stride == OR_FRACTION and (stage.stride is None) == (stage.fraction is None):
+        raise ValueError(f"{where}: {name} takes a stride or a fraction (exactly one), "
+                         f"got stride={stage.stride!r}, fraction={stage.fraction!r}")
+    if stage.fraction is None and row.stride != OR_FRACTION:
+        raise ValueError(f"{where}: fraction (the share of visual tokens kept) is required")
+    if stage.fraction is not None and (isinstance(stage.fraction, bool) or not isinstance(stage.fraction, (int, float))
+                                       or not 0 < stage.fraction <= 1):
+        raise ValueError(f"{where}: fraction={stage.fraction!r} must be a share in (0, 1] of the visual "
+                         f"tokens {'present' if stage.of_present else 'in the original grid'}")
+    if previous is not None and row.first_stage_only:
+        needs = "the full grid" if row.stride else "the vision backbone's features"  # a stride lays a grid
+        raise ValueError(f"{where}: {name} needs {needs}, which exist only for the "
+                         f"original visual tokens; it can only be the first stage")
 
 
-def _uniform_stride(stage: Stage, num_visual: int, grid: tuple[int, int]) -> int:
-    return stage.stride if stage.stride is not None else stride_for_budget(*grid, int(num_visual * stage.keep))
+def stage_count(stage: Stage, num_visual_tokens: int, present: int, grid_shape: tuple[int, int] | None) -> int:
+    """Visual tokens a stage keeps by its criterion (for phi_ensemble: its phi_-R part, before the union)."""
+    if criterion_row(stage.criterion).stride == OR_FRACTION:
+        return uniform_count(*grid_shape, stage_stride(stage, num_visual_tokens, grid_shape))
+    return int((present if stage.of_present else num_visual_tokens) * stage.fraction)
 
+
+def stage_stride(stage: Stage, num_visual_tokens: int, grid_shape: tuple[int, int] | None) -> int | None:
+    """The stage's stride, or the one its fraction picks (phi_uniform); None for a criterion without a grid."""
+    if stage.stride is not None or stage.fraction is None or criterion_row(stage.criterion).stride != OR_FRACTION:
+        return stage.stride
+    return stride_for_budget(*grid_shape, int(num_visual_tokens * stage.fraction))
+
+
+def reseeded(schedule: Schedule | None, seed: int) -> Schedule | None:
+    """The schedule with every seeded stage (the random control) drawing with `seed`: an evaluation
+    gives each question its own, so that the control's average over a split is unbiased."""
+    if schedule is None or not any(criterion_row(s.criterion).seeded for s in schedule.stages):
+        return schedule
+    return replace(schedule, stages=tuple(replace(s, seed=seed) if criterion_row(s.criterion).seeded else s
+                                          for s in schedule.stages))
 
 # -----------------------------------------------------------------------------
 # Presets: written for 32 layers (LLaVA-1.5-7B), scaled to a model's depth
@@ -324,6 +414,7 @@ def scale_layer(layer: int, num_layers: int) -> int:
 
 
 def _preset(name: str, stages: list[Stage], num_layers: int) -> Schedule:
+    """The schedule, its layers scaled to num_layers; the scaling is in its note (it prints with it)."""
     if not is_int(num_layers) or num_layers < 1:
         raise ValueError(f"{name}: num_layers={num_layers!r} must be the model's decoder depth, an int >= 1")
     if num_layers == PRESET_DEPTH:
@@ -335,7 +426,6 @@ def _preset(name: str, stages: list[Stage], num_layers: int) -> Schedule:
         raise ValueError(f"{name}: layers {written} of {PRESET_DEPTH} scale to {layers} of {num_layers}, "
                          "which collide: the model is too shallow for this preset")
     note = f"layers {written} of {PRESET_DEPTH} scaled to {layers} of {num_layers} (x L/32, rounded)"
-    print(f"{name}: {note}")
     return Schedule(tuple(scaled), name, note, depth=num_layers)
 
 # The one-stage presets take K in the 32-layer numbering of the paper (Table 1: K = 3 and 8);
@@ -359,7 +449,7 @@ def knn(layer: int = 3, num_layers: int = 32) -> Schedule:
 
 def uniform(layer: int = 3, num_layers: int = 32) -> Schedule:
     """The grid nearest 25% of the tokens at layer K (Table 1: stride 2, 196 of 729)."""
-    return _preset("uniform", [Stage(layer, "phi_uniform", keep=0.25)], num_layers)
+    return _preset("uniform", [Stage(layer, "phi_uniform", fraction=0.25)], num_layers)
 
 
 def ensemble(layer: int = 3, num_layers: int = 32) -> Schedule:
@@ -400,19 +490,25 @@ PRESETS = {"fastv": fastv, "fastv_norope": fastv_norope, "knn": knn, "uniform": 
 class Pruner:
     """Asked by the decoder loop, once per stage, which rows of the sequence survive.
 
-    Tracks `present`, the original indices (0..N-1) of the visual tokens still in the
-    sequence, and records `kept[layer]` after each stage. The visual span starts at
-    `visual_start` and stays contiguous; text tokens are never dropped.
+    Built for one prefill, with what its criteria may need: the vision backbone's `features`
+    (N, C) of this image (phi_KNN's input; None on a bare decoder) and the visual span, which
+    starts at `visual_start` and stays contiguous; text tokens are never dropped. Tracks
+    `present`, the original indices (0..N-1) of the visual tokens still in the sequence, and
+    records `kept[layer]` after each stage.
+    clock: a function returning seconds (the benchmark's, which waits for the GPU); given, the
+    time spent choosing tokens adds up in `seconds`.
     """
 
-    def __init__(self, schedule: Schedule, num_visual: int, grid: tuple[int, int] | None, visual_start: int,
-                 rope_theta: float):
-        self.num_visual, self.grid, self.visual_start, self.rope_theta = num_visual, grid, visual_start, rope_theta
+    def __init__(self, schedule: Schedule, num_visual_tokens: int, grid_shape: tuple[int, int] | None,
+                 visual_start: int, rope_theta: float, features: torch.Tensor | None = None,
+                 clock: Callable[[], float] | None = None):
+        self.num_visual_tokens, self.grid_shape, self.visual_start = num_visual_tokens, grid_shape, visual_start
+        self.rope_theta, self.features, self.clock = rope_theta, features, clock
         self.stages = {s.layer: s for s in schedule.stages}
         self.layers = set(self.stages)  # the decoder loop asks before every layer
-        self.present = torch.arange(num_visual)
+        self.present = torch.arange(num_visual_tokens)
         self.kept: dict[int, torch.Tensor] = {}
-        self.patch_features: torch.Tensor | None = None  # (N, C), set by the model: phi_KNN's input
+        self.seconds = 0.0
 
     def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rows (T',) of the current sequence that layer `layer` and later ones will see.
@@ -422,34 +518,26 @@ class Pruner:
         row alone would go through a different matmul kernel and could differ in the last
         bit, which can swap near-tied tokens). positions (1, T): original position ids.
         """
+        start_time = self.clock() if self.clock else 0.0
         n, start, T = len(self.present), self.visual_start, q.shape[2]
-        idx = self._criterion(self.stages[layer], q, k, positions).to(q.device)
+        stage = self.stages[layer]
+        visual = slice(start, start + n)
+        inputs = StageInputs(layer, q[0, :, -1], k[0, :, visual], positions[0, -1], positions[0, visual],
+                             self.features, self.grid_shape, stage_stride(stage, self.num_visual_tokens,
+                                                                          self.grid_shape),
+                             stage.seed, self.rope_theta)
+        count = stage_count(stage, self.num_visual_tokens, n, self.grid_shape)
+        idx = criterion_row(stage.criterion).select(inputs, count)
+        if callable(stage.criterion):  # built-in criteria are tested; one's own is checked on every call
+            idx = checked_indices(stage, idx, n, count)
+        idx = idx.to(q.device)
         self.present = self.present[idx.cpu()]
         self.kept[layer] = self.present
-        return torch.cat([torch.arange(start, device=q.device), start + idx,
+        rows = torch.cat([torch.arange(start, device=q.device), start + idx,
                           torch.arange(start + n, T, device=q.device)])
-
-    def _criterion(self, stage: Stage, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The stage's criterion on this prefill's tensors: kept indices among the visual tokens present."""
-        visual = slice(self.visual_start, self.visual_start + len(self.present))
-        count = _stage_count(stage, self.num_visual, len(self.present), self.grid)
-        if stage.criterion == "phi_knn":
-            if self.patch_features is None:
-                raise ValueError(f"layer {stage.layer}: phi_knn needs the vision backbone's features, "
-                                 "and none were given")
-            return phi_knn(self.patch_features, count)
-        if stage.criterion == "phi_random":
-            return phi_random(len(self.present), count, stage.seed)
-        if stage.criterion == "phi_uniform":
-            return phi_uniform(*self.grid, _uniform_stride(stage, self.num_visual, self.grid), device=q.device)
-        query, keys = q[0, :, -1], k[0, :, visual]  # the last prompt token; the visual keys
-        if callable(stage.criterion):
-            return checked_indices(stage, stage.criterion(query, keys, count), len(self.present), count)
-        if stage.criterion == "phi_original":
-            return phi_original(query, keys, positions[0, -1].item(), positions[0, visual], count, self.rope_theta)
-        if stage.criterion == "phi_no_rope":
-            return phi_no_rope(query, keys, count)
-        return phi_ensemble(query, keys, count, *self.grid, stage.stride)
+        if self.clock:
+            self.seconds += self.clock() - start_time
+        return rows
 
 
 def checked_indices(stage: Stage, kept, present: int, count: int) -> torch.Tensor:
@@ -465,6 +553,7 @@ def checked_indices(stage: Stage, kept, present: int, count: int) -> torch.Tenso
         raise ValueError(f"{where} returned {kept.tolist()}: expected sorted, unique indices in [0, {present})")
     return kept
 
+
 # -----------------------------------------------------------------------------
 # FLOPs: FastV's accounting, the paper's "FLOPs Red" column
 
@@ -475,32 +564,32 @@ def layer_flops(n: int, hidden: int, mlp: int) -> int:
     return 4 * n * hidden ** 2 + 2 * n ** 2 * hidden + 2 * n * hidden * mlp
 
 
-def prefill_flops(kept, num_visual: int, num_text: int, num_layers: int = 32, hidden: int = 4096,
+def prefill_flops(kept, num_visual_tokens: int, num_text: int, num_layers: int = 32, hidden: int = 4096,
                   mlp: int = 11008) -> int:
     """Decoder prefill FLOPs (defaults: LLaVA-1.5-7B's decoder) when some visual tokens are dropped.
 
     kept: what survives each stage, as a run's `kept` ({layer: indices}), {layer: count}, or a
-    Schedule (its counts for a square grid of num_visual; after phi_ensemble, whose union
+    Schedule (its counts for a square grid of num_visual_tokens; after phi_ensemble, whose union
     depends on the image, the largest possible union). None or {}: no pruning. Layer l sees
     the visual tokens of the last stage at or before l. The vision tower, projector, lm_head
     and the scores are not counted, as in FastV.
     """
     if isinstance(kept, Schedule):
-        side = math.isqrt(num_visual)
-        grid = (side, side) if side * side == num_visual else None
-        kept = {layer: most for layer, (_, most) in kept.check(num_layers, num_visual, grid).items()}
+        side = math.isqrt(num_visual_tokens)
+        grid_shape = (side, side) if side * side == num_visual_tokens else None
+        kept = {layer: most for layer, (_, most) in kept.check(num_layers, num_visual_tokens, grid_shape).items()}
     counts = {layer: len(v) if isinstance(v, (list, tuple)) or (torch.is_tensor(v) and v.ndim) else int(v)
               for layer, v in (kept or {}).items()}
-    total, visual = 0, num_visual
+    total, visual = 0, num_visual_tokens
     for layer in range(num_layers):
         visual = counts.get(layer, visual)
         total += layer_flops(num_text + visual, hidden, mlp)
     return total
 
 
-def flops_reduction(kept, num_visual: int, num_text: int, num_layers: int = 32, hidden: int = 4096,
+def flops_reduction(kept, num_visual_tokens: int, num_text: int, num_layers: int = 32, hidden: int = 4096,
                     mlp: int = 11008) -> float:
     """1 - pruned / unpruned prefill FLOPs, the paper's "FLOPs Red" column; `kept` as in prefill_flops.
     LLaVA-7B sizes, 729 visual and 10 text tokens: fastv at K=3 gives 0.677, at K=8 0.561."""
-    sizes = (num_visual, num_text, num_layers, hidden, mlp)
+    sizes = (num_visual_tokens, num_text, num_layers, hidden, mlp)
     return 1 - prefill_flops(kept, *sizes) / prefill_flops(None, *sizes)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from .processing import box_in_square
+
 IMAGE_SIZE = 96  # pixels; with 8 px patches a 12x12 grid of visual tokens
 LATTICE = 4  # px: object corners and sizes are multiples of this (half a patch)
 SIZES = (24, 28, 32)  # object sides in px: 3 to 4 patches
@@ -130,10 +132,12 @@ def word_correct(answer: str, expected: str) -> bool:
     return answer.strip().rstrip(".").lower() == expected.lower()
 
 
-def answer_correct(question: Question, answer: str, size: int = IMAGE_SIZE) -> bool:
-    """Acc@0.5 for a box; otherwise the answer word."""
+def answer_correct(question: Question, answer: str, size: int | tuple[int, int] = IMAGE_SIZE) -> bool:
+    """The one scorer: Acc@0.5 for a box, else the answer word. `question`: anything with task,
+    answer and box (a Question, an evaluate.Case); the box in pixels of a square image of side
+    `size` or of a (width, height) image, read in the square the processor pads it to."""
     if question.task == "loc":
-        return box_correct(answer, [v / size for v in question.box])
+        return box_correct(answer, box_in_square(question.box, (size, size) if isinstance(size, int) else size))
     return word_correct(answer, question.answer)
 
 # -----------------------------------------------------------------------------
@@ -164,7 +168,7 @@ def lookalike_scene(rng: random.Random, min_objects: int = 2, max_objects: int =
     colour in two shapes; the other objects are neither of the two. Localizing either object
     then needs both words of the question: 48 of the 62 wrong boxes of the first shipped model
     (200 'val' loc questions) were the box of another object of the same shape
-    (results/wrong_boxes.py)."""
+    (scripts/wrong_boxes.py)."""
     scene = make_scene(rng, max(2, min_objects), max(2, max_objects), size)
     if rng.random() < 0.5:
         shape = rng.choice(SHAPES)

@@ -33,9 +33,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 
-from . import synthetic
-from .evaluate import shipped_weights
-from .model import LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig
+from . import cli, synthetic
+from .model import LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig, shipped_weights
 from .processing import CLIP_MEAN, CLIP_STD, Processor
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -109,18 +108,18 @@ def init_weights(model: LlavaForConditionalGeneration, seed: int) -> None:
                     std /= math.sqrt(2 * depth[name.split(".")[0]])
                 p.normal_(0.0, std)
         emb = model.vision_tower.vision_model.embeddings
-        emb.position_embedding.weight[1:] = sincos_2d(cfg.vision_config.grid, cfg.vision_config.hidden_size)
+        emb.position_embedding.weight[1:] = sincos_2d(cfg.vision_config.grid_side, cfg.vision_config.hidden_size)
 
 
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """(grid * grid, dim) in raster order: half the channels encode the row, half the column."""
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """(side * side, dim) in raster order: half the channels encode the row, half the column."""
     quarter = dim // 4
     freq = 1.0 / 10000 ** (torch.arange(quarter).float() / quarter)
-    pos = torch.arange(grid).float()[:, None] * freq  # (grid, quarter)
-    wave = torch.cat([pos.sin(), pos.cos()], dim=1)  # (grid, dim/2)
-    rows = wave[:, None].expand(grid, grid, -1)
-    cols = wave[None, :].expand(grid, grid, -1)
-    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, dim)
+    pos = torch.arange(side).float()[:, None] * freq  # (side, quarter)
+    wave = torch.cat([pos.sin(), pos.cos()], dim=1)  # (side, dim/2)
+    rows = wave[:, None].expand(side, side, -1)
+    cols = wave[None, :].expand(side, side, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(side * side, dim)
 
 
 def save_pretrained(model: LlavaForConditionalGeneration, tokenizer: Tokenizer, folder: Path) -> None:
@@ -220,7 +219,7 @@ def position_probe(model, processor, n: int = 40, seed: int = 0) -> dict[str, fl
     x = torch.cat([model.patch_features(processor.pixel_values(synthetic.example("val", i, seed).scene.image())[None])[0]
                    for i in range(n)]).float()
     x = torch.cat([(x - x.mean(0)) / (x.std(0) + 1e-6), torch.ones(len(x), 1)], dim=1)
-    cols = processor.grid[1]
+    cols = processor.grid_shape[1]
     index = torch.arange(x.shape[0] // n).repeat(n)
     fit = x.shape[0] * 3 // 4
     accuracy = {}
@@ -266,11 +265,11 @@ def grow(tensors: dict[str, torch.Tensor], config: LlavaConfig) -> dict[str, tor
       down_proj zeroed, so that each copy starts as the identity on the residual stream.
     Anything else is returned unchanged (load_weights then names what does not fit)."""
     out = dict(tensors)
-    grid, pos = config.vision_config.grid, tensors.get(POSITIONS)
-    old_grid = math.isqrt(pos.shape[0] - 1) if pos is not None else grid
-    if pos is not None and old_grid < grid and old_grid ** 2 == pos.shape[0] - 1:
-        cells = pos[1:].T.reshape(1, -1, old_grid, old_grid).float()
-        cells = F.interpolate(cells, size=(grid, grid), mode="bicubic", align_corners=False)
+    side, pos = config.vision_config.grid_side, tensors.get(POSITIONS)
+    old_side = math.isqrt(pos.shape[0] - 1) if pos is not None else side
+    if pos is not None and old_side < side and old_side ** 2 == pos.shape[0] - 1:
+        cells = pos[1:].T.reshape(1, -1, old_side, old_side).float()
+        cells = F.interpolate(cells, size=(side, side), mode="bicubic", align_corners=False)
         out[POSITIONS] = torch.cat([pos[:1], cells.reshape(pos.shape[1], -1).T.to(pos.dtype)])
     old_layers = len({k[len(LAYER):].split(".")[0] for k in tensors if k.startswith(LAYER)})
     layers = config.text_config.num_hidden_layers
@@ -372,9 +371,10 @@ def train(args) -> list[float]:
                          "or choose another --out")
     start = load_checkpoint(ckpt, model, optimizer, settings) + 1 if args.resume else 0
     params = sum(p.numel() for p in model.parameters())
-    print(f"train: {args.preset} model, {params / 1e6:.2f} M parameters, grid {config.vision_config.grid}x"
-          f"{config.vision_config.grid}, steps {start}..{args.steps - 1}, batch {args.batch} chats of <= {args.turns} "
-          f"questions, lr {args.lr:g}, curriculum {args.curriculum}, lookalike {args.lookalike:g}, "
+    side = config.vision_config.grid_side
+    print(f"train: {args.preset} model, {params / 1e6:.2f} M parameters, grid {side}x{side}, "
+          f"steps {start}..{args.steps - 1}, batch {args.batch} chats of <= {args.turns} questions, lr {args.lr:g}, "
+          f"curriculum {args.curriculum}, lookalike {args.lookalike:g}, "
           f"from {settings['init_from'] or 'random weights'}, seed {args.seed}, {torch.get_num_threads()} threads",
           flush=True)
     losses, t0, log = [], time.time(), out / "train_log.jsonl"
@@ -445,17 +445,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: the checkpoint load_pretrained reads, plus checkpoint/")
     p.add_argument("--preset", default="shipped", choices=MODEL_PRESETS,
                    help="model size: shipped (feather-tiny), 576 (feather-576) or test")
-    p.add_argument("--steps", type=int, default=12000, help="total optimizer steps (default 12000)")
-    p.add_argument("--batch", type=int, default=8, help="chats (scenes) per step")
-    p.add_argument("--turns", type=int, default=4, help="questions per chat, before the optional caption")
+    p.add_argument("--steps", type=cli.positive_int, default=12000, help="total optimizer steps (default 12000)")
+    p.add_argument("--batch", type=cli.positive_int, default=8, help="chats (scenes) per step")
+    p.add_argument("--turns", type=cli.positive_int, default=4, help="questions per chat, before the optional caption")
     p.add_argument("--max-objects", type=int, default=synthetic.MAX_OBJECTS, help="objects per training scene, at most")
-    p.add_argument("--curriculum", type=int, default=1000,
+    p.add_argument("--curriculum", type=cli.at_least(0), default=1000,
                    help="steps per curriculum stage: at most 1 object a scene, then 2, ... (0: none)")
     # 5e-4, not higher: at 1e-3 and 2e-3 the ViT's output lost its patch positions within 300-400
     # steps (a linear probe for the row and column of each visual token fell from 0.97 to chance,
     # with gradient-norm spikes); the decoder then read rows off RoPE and never learned columns.
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
-    p.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    p.add_argument("--warmup", type=cli.positive_int, default=200, help="warm-up steps")
     p.add_argument("--lookalike", type=float, default=0.0,
                    help="share of training scenes with two look-alike objects (one shape in two colours, or one "
                         "colour in two shapes), both localized in the chat; none while scenes hold at most 1 "
@@ -464,21 +464,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from the weights of a saved model folder (e.g. weights/feather-tiny) instead of "
                         "random ones; the optimizer starts fresh")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--val", type=int, default=64, help="held-out questions answered at each checkpoint (0: none)")
+    p.add_argument("--threads", type=cli.at_least(0), default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--log-every", type=cli.positive_int, default=50)
+    p.add_argument("--checkpoint-every", type=cli.positive_int, default=500)
+    p.add_argument("--val", type=cli.at_least(0), default=64,
+                   help="held-out questions answered at each checkpoint (0: none)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
 
 def main(args) -> int:
-    if args.threads < 0:
-        raise ValueError(f"--threads must be 0 (torch's choice) or a number of threads, got {args.threads}")
-    if args.curriculum < 0:
-        raise ValueError(f"--curriculum must be 0 (none) or a number of steps, got {args.curriculum}")
-    for name in ("steps", "batch", "turns", "log_every", "checkpoint_every", "warmup"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0.0 <= args.lookalike <= 1.0:
         raise ValueError(f"--lookalike must be a share between 0 and 1, got {args.lookalike}")
     if not 1 <= args.max_objects <= synthetic.MAX_OBJECTS:

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from feather_mini import bench, pruning
+from feather_mini import bench, cli
 from feather_mini.__main__ import main
 
 ROW_FIELDS = {"method", "grid", "visual_tokens", "text_tokens", "kept", "flops_reduction", "ideal_speedup",
@@ -120,9 +120,9 @@ def test_no_reference_says_so():
 @pytest.mark.parametrize("options, message", [
     (["--grid", "12,x"], "--grid '12,x': expected a comma list of positive integers"),
     (["--grid", "0"], "--grid '0': expected a comma list of positive integers"),
-    (["--methods", "fastv,fast"], "--methods 'fastv,fast': expected a comma subset of"),
-    (["--runs", "0"], "--runs must be at least 1, got 0"),
-    (["--threads", "-1"], "--threads must be at least 0, got -1"),
+    (["--methods", "fastv,fast"], "--methods: unknown method 'fast'; expected a comma-separated subset of"),
+    (["--runs", "0"], "argument --runs: must be at least 1, got 0"),
+    (["--threads", "-1"], "argument --threads: must be at least 0, got -1"),
     (["--grid", "2"], "--grid 2: schedule 'pyramid_drop'"),  # 4 visual tokens cannot be pruned three times
     (["--json", "no/such/folder/bench.json"], "--json no/such/folder/bench.json: its folder does not exist"),
     (["--preset", "llava-1.5-7b"], "--preset llava-1.5-7b is LLaVA-1.5-7B's real size"),
@@ -135,17 +135,18 @@ def test_bad_options_are_one_line_errors(options, message, capsys):
     assert err.startswith("feather-mini bench: error: ") and message in err and err.count("\n") == 1
 
 
-def test_timed_schedule_keeps_what_the_schedule_keeps():
-    """Timing the criteria through TimedSchedule changes neither the kept tokens nor the logits."""
+def test_timing_the_criteria_keeps_what_the_schedule_keeps():
+    """A prefill given a clock (the benchmark's timing hook) keeps the same tokens and logits, and adds up
+    the time its two stages took choosing them; without one, pruning_seconds stays 0."""
     config = bench.llava_config("tiny", 12, new_tokens=1)
     model, inputs = bench.random_model(config, torch.device("cpu"), torch.float32, 0), bench.random_inputs(config, 0)
-    schedule = bench.schedules_for(["feather"], config.text_config.num_hidden_layers)["feather"]
-    timed = bench.TimedSchedule(schedule, torch.device("cpu"))
+    [(_, schedule)] = cli.schedules(["feather"], config.text_config.num_hidden_layers)
+    ticks = iter(range(100))
     with torch.inference_mode():
-        plain, through_timer = model(inputs, schedule=schedule), model(inputs, schedule=timed)
-    assert {k: v.tolist() for k, v in through_timer.kept.items()} == {k: v.tolist() for k, v in plain.kept.items()}
-    assert torch.equal(through_timer.logits, plain.logits)
-    assert timed.seconds > 0
+        plain, timed = model(inputs, schedule=schedule), model(inputs, schedule=schedule, clock=lambda: next(ticks))
+    assert {k: v.tolist() for k, v in timed.kept.items()} == {k: v.tolist() for k, v in plain.kept.items()}
+    assert torch.equal(timed.logits, plain.logits)
+    assert (plain.pruning_seconds, timed.pruning_seconds) == (0.0, 2)  # two stages, each read the clock twice: 1-0, 3-2
 
 
 def test_cached_output_restores_the_module():

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from feather_mini.pruning import (attention_scores, knn_density, phi_ensemble, phi_knn, phi_no_rope, phi_original, phi_random,
-                                  phi_uniform, stride_for_budget, top_k)
+from feather_mini.pruning import (attention_scores, density_peaks, phi_ensemble, phi_knn, phi_no_rope, phi_original,
+                                  phi_random, phi_uniform, stride_for_budget, top_k)
 
 
 def rope_example():
@@ -74,7 +74,7 @@ def test_uniform_stride_3_on_24x24_keeps_64_tokens():
     ]
 
 
-def test_uniform_grid_sizes_of_reference_md():
+def test_uniform_counts_of_reference_md():
     """27x27 at stride 3 keeps 81, at stride 2 196; 4x4 at stride 3 the four corners."""
     assert len(phi_uniform(27, 27, 3)) == 81
     assert len(phi_uniform(27, 27, 2)) == 196
@@ -98,11 +98,11 @@ def knn_example():
     return torch.tensor(points, dtype=torch.float32)
 
 
-def test_knn_density_and_delta_by_hand():
+def test_density_peaks_by_hand():
     """D = distance / sqrt(2). A centre's 5 nearest squared: 0 and 4 x 0.5 -> density exp(-0.4);
     a neighbour's: 0, 0.5, 1, 1, 2 -> exp(-0.9). Cluster B's centre ties cluster A's and comes
     later, so its delta is the distance to A's centre, 40; A's centre gets the largest D."""
-    density, delta = knn_density(knn_example())
+    density, delta = density_peaks(knn_example())
     assert torch.allclose(density[[0, 1, 5, 6]], torch.tensor([math.exp(-0.4), math.exp(-0.9)] * 2))
     assert density[10:].tolist() == [0.0, 0.0]  # outliers: exp(-(~200)) underflows
     assert delta[5].item() == pytest.approx(40.0)

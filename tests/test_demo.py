@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from feather_mini import bench, demo, heatmap, load_pretrained, pictures, pruning
+from feather_mini import cli, demo, heatmap, load_pretrained, pictures, pruning
 from feather_mini.__main__ import main
-from feather_mini.evaluate import SHIPPED_WEIGHTS, synthetic_cases
+from feather_mini import SHIPPED_WEIGHTS
+from feather_mini.evaluate import synthetic_cases
 
 GRID_STRIDE_3 = [0, 3, 6, 9, 36, 39, 42, 45, 72, 75, 78, 81, 108, 111, 114, 117]  # phi_uniform(12, 12, 3)
 
@@ -49,7 +50,8 @@ def test_demo_json_has_every_method_in_order(demo_json):
     """The five default methods, each with its schedule, answer, score, kept indices, FLOPs and timing."""
     data, _ = demo_json
     assert [r["method"] for r in data["rows"]] == ["none", "fastv", "fastv_norope", "pyramid_drop", "feather"]
-    assert (data["grid"], data["num_visual"], data["prompt"]) == ([12, 12], 144, "Where is the yellow circle?")
+    assert (data["grid_shape"], data["num_visual_tokens"]) == ([12, 12], 144)
+    assert data["prompt"] == "Where is the yellow circle?"
     for r in data["rows"]:
         assert set(r) == {"method", "schedule", "answer", "correct", "iou", "kept", "flops_reduction",
                           "prefill_ms", "prefill_ratio"}
@@ -256,7 +258,7 @@ def test_demo_on_a_checkpoint_with_a_cls_token(tmp_path, capsys):
     assert code == 0, err
     data = json.loads(out)
     kept = data["rows"][1]["kept"]["1"]
-    assert data["num_visual"] == 145 and len(kept) == int(0.25 * 145) == 36 and kept[-1] <= 144
+    assert data["num_visual_tokens"] == 145 and len(kept) == int(0.25 * 145) == 36 and kept[-1] <= 144
     with Image.open(tmp_path / "d.png") as image:
         assert image.size == (760, 407)  # two panels: the figure's minimum width
 
@@ -293,7 +295,7 @@ def test_heatmap_examples_within_the_test_split(tmp_path, capsys):
 def test_heatmap_frequency_sums_to_the_budget():
     """FastV keeps 36 tokens per image, so over 8 images its frequencies sum to 36; each lies in [0, 1]."""
     model, processor = load_pretrained(SHIPPED_WEIGHTS)
-    frequency = heatmap.kept_frequency(model, processor, synthetic_cases(8), bench.schedules_for(["fastv"], 8)["fastv"], 0)
+    frequency = heatmap.kept_frequency(model, processor, synthetic_cases(8), cli.schedules(["fastv"], 8)[0][1], 0)
     assert frequency.shape == (12, 12)
     assert frequency.sum().item() == pytest.approx(36.0) and 0 <= frequency.min() and frequency.max() <= 1
 

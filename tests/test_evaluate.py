@@ -11,6 +11,7 @@ import torch
 
 from feather_mini import evaluate, pruning, synthetic, train
 from feather_mini.__main__ import main
+from feather_mini.processing import box_in_square
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_unknown_method_and_bad_limit_exit_2(capsys):
     assert code == 2
     assert "--methods: unknown method 'fastvv'" in err
     code, _, err = run_cli(["eval", "--limit", "0"], capsys)
-    assert code == 2 and "--limit must be at least 1, got 0" in err
+    assert code == 2 and "argument --limit: must be at least 1, got 0" in err
 
 
 def test_jsonl_loader_reads_a_tiny_file(scene_png, tmp_path):
@@ -190,10 +191,11 @@ def test_empty_or_non_utf8_data_is_refused_before_the_model_loads(tmp_path, caps
 
 def test_boxes_map_into_the_padded_square():
     """LLaVA-1.5 boxes are relative to the image padded to a square: a 200x100 image is padded by 50 px above."""
-    assert evaluate.box_in_square((20, 10, 100, 90), (200, 100)) == pytest.approx((0.1, 0.3, 0.5, 0.7))
-    assert evaluate.box_in_square((24, 48, 72, 96), (96, 96)) == (0.25, 0.5, 0.75, 1.0)
+    assert box_in_square((20, 10, 100, 90), (200, 100)) == pytest.approx((0.1, 0.3, 0.5, 0.7))
+    assert box_in_square((24, 48, 72, 96), (96, 96)) == (0.25, 0.5, 0.75, 1.0)
     case = evaluate.Case("unused.png", "Where is it?", "loc", box=(20, 10, 100, 90), size=(200, 100))
-    assert evaluate.correct(case, "[0.10, 0.30, 0.50, 0.70]") and not evaluate.correct(case, "[0.10, 0.05, 0.50, 0.45]")
+    assert synthetic.answer_correct(case, "[0.10, 0.30, 0.50, 0.70]", case.size)
+    assert not synthetic.answer_correct(case, "[0.10, 0.05, 0.50, 0.45]", case.size)
 
 
 def test_bottom_share_counts_halves_only():
@@ -207,10 +209,10 @@ def test_bottom_share_counts_halves_only():
 def test_random_control_draws_a_subset_per_question():
     """reseeded gives question i the seed i, so the control's subsets differ across questions; other schedules pass as they are."""
     schedule = pruning.random_subset(layer=3, num_layers=8)
-    assert [s.seed for s in evaluate.reseeded(schedule, 5).stages] == [5]
+    assert [s.seed for s in pruning.reseeded(schedule, 5).stages] == [5]
     assert pruning.phi_random(144, 36, seed=5).tolist() != pruning.phi_random(144, 36, seed=0).tolist()
     fastv = pruning.fastv(num_layers=8)
-    assert evaluate.reseeded(fastv, 5) is fastv and evaluate.reseeded(None, 5) is None
+    assert pruning.reseeded(fastv, 5) is fastv and pruning.reseeded(None, 5) is None
 
 
 @pytest.mark.parametrize("template", ["Where is {x}?", "Box of {expression} {", "no field"])

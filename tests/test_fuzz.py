@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import feather_mini as fm
-from feather_mini.evaluate import SHIPPED_WEIGHTS
+from feather_mini import SHIPPED_WEIGHTS
 from feather_mini.processing import Processor
 from conftest import IMAGE_ID, make_tokenizer
 

@@ -28,13 +28,15 @@ def test_cached_decoding_equals_recomputation(loaded):
             next_id = logits.argmax(-1, keepdim=True)
             ids = torch.cat([ids, next_id], dim=1)
             logits = model.decode_step(next_id, cache)[:, -1]
-            full = model(Inputs(ids, inputs.pixel_values, inputs.visual_start, inputs.visual_len, inputs.grid)).logits
+            longer = Inputs(ids, inputs.pixel_values, inputs.visual_start, inputs.num_visual_tokens, inputs.grid_shape)
+            full = model(longer).logits
             diff = (logits - full[:, -1]).abs().max().item()
             assert diff <= 1e-5, f"step {step}: cached and recomputed logits differ by {diff:.2e}"
 
 
 def test_cache_holds_what_each_layer_saw(loaded):
-    """After a 24-token prefill and 3 decoded tokens every layer holds 27 keys at positions 0..26."""
+    """After a 24-token prefill and 3 decoded tokens every layer holds 27 keys (their positions: the
+    cached-decoding test above)."""
     model, inputs = loaded
     cache = fm.KVCache(4)
     with torch.no_grad():
@@ -44,8 +46,45 @@ def test_cache_holds_what_each_layer_saw(loaded):
     assert cache.length == 27
     assert [cache.seen(layer) for layer in range(4)] == [27, 27, 27, 27]
     assert cache.keys[0].shape == (1, 2, 27, 16)  # (B, key/value heads, tokens, head size)
-    assert cache.positions[3].tolist() == [list(range(27))]
     assert cache.nbytes() == 4 * 2 * (2 * 27 * 16) * 4  # layers * (k, v) * elements * float32 bytes
+
+
+@pytest.mark.parametrize("reserve, steps, moved_at", [(3, 3, []), (0, 3, [1]), (0, 30, [1, 26])])
+def test_decoding_appends_in_place(loaded, reserve, steps, moved_at):
+    """With 3 rows reserved, 3 decoded tokens are written into the prefill's buffer. With none, the
+    first token moves the 24-row cache into 25 + 24 = 49 rows, and the 26th into 50 + 49: the buffer
+    doubles, so 30 tokens copy it twice rather than 30 times."""
+    model, inputs = loaded
+    cache = fm.KVCache(4, reserve=reserve)
+    moved = []
+    with torch.no_grad():
+        model(inputs, cache)
+        for step in range(1, steps + 1):
+            before = cache.keys[0].data_ptr()
+            model.decode_step(torch.tensor([[5]]), cache)
+            if cache.keys[0].data_ptr() != before:
+                moved.append(step)
+    assert moved == moved_at and cache.seen(0) == 24 + steps
+
+
+def test_cache_filled_in_inference_mode_decodes_outside_it(loaded):
+    """A prefill under torch.inference_mode, then decode_step under no_grad: the cache is copied out
+    of inference mode rather than refusing the in-place write, and decoding gives the same logits."""
+    model, inputs = loaded
+    with torch.no_grad():
+        plain = fm.KVCache(4)
+        model(inputs, plain)
+        expected = model.decode_step(torch.tensor([[5]]), plain)
+    cache = fm.KVCache(4, reserve=2)
+    with torch.inference_mode():
+        model(inputs, cache)
+    with torch.no_grad():
+        assert torch.equal(model.decode_step(torch.tensor([[5]]), cache), expected)
+
+
+def test_reserve_must_be_a_count():
+    with pytest.raises(ValueError, match=r"KVCache reserve=-1 must be an int >= 0"):
+        fm.KVCache(4, reserve=-1)
 
 
 def test_prefill_into_a_used_cache_is_refused(loaded):

@@ -142,7 +142,7 @@ def test_llava_15_config_resolves_to_the_7b_sizes():
     assert (t.bos_token_id, t.eos_token_id, t.rms_norm_eps, t.hidden_act) == (1, 2, 1e-5, "silu")
     v = config.vision_config
     assert (v.hidden_size, v.num_hidden_layers, v.layer_norm_eps, v.hidden_act) == (1024, 24, 1e-5, "quick_gelu")
-    assert (v.grid, config.num_visual_tokens, config.image_token_index) == (24, 576, 32000)
+    assert (v.grid_side, config.num_visual_tokens, config.image_token_index) == (24, 576, 32000)
     assert (config.vision_feature_layer, config.projector_hidden_act) == (-2, "gelu")
     assert not config.tie_word_embeddings
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from feather_mini import load_pretrained, pruning, synthetic
-from feather_mini.evaluate import SHIPPED_WEIGHTS
+from feather_mini import SHIPPED_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,9 @@ def test_function_criterion_wrong_return_is_named(shipped, returned, message):
     assert message in str(error.value)
 
 
-def test_function_criterion_needs_keep_and_takes_no_stride():
-    """keep is required, as for the attention criteria; stride belongs to the grid criteria."""
-    with pytest.raises(ValueError, match=r"stage 1 \(layer 1, first_visual\): keep \(a fraction of visual tokens\)"):
+def test_function_criterion_needs_a_fraction_and_takes_no_stride():
+    """fraction is required, as for the attention criteria; stride belongs to the grid criteria."""
+    with pytest.raises(ValueError, match=r"stage 1 \(layer 1, first_visual\): fraction \(the share of visual tokens"):
         pruning.Schedule((pruning.Stage(1, first_visual),))
     with pytest.raises(ValueError, match="stride=3 only applies to phi_uniform and phi_ensemble"):
         pruning.Schedule((pruning.Stage(1, first_visual, 0.25, stride=3),))

@@ -114,7 +114,7 @@ def test_full_strategy_and_last_layer_features(tmp_path):
     assert_matches_transformers(hf, save_checkpoint(hf, tmp_path))
     model, processor = fm.load_pretrained(tmp_path)
     inputs = processor(example_image(), "")
-    assert (inputs.visual_start, inputs.visual_len, inputs.grid) == (2, 17, (4, 4))
+    assert (inputs.visual_start, inputs.num_visual_tokens, inputs.grid_shape) == (2, 17, (4, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

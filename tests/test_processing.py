@@ -63,7 +63,7 @@ def test_prompt_and_visual_span(processor):
     """<s> USER: <image>x16 What is in the picture? ASSISTANT: -- the span starts at 2 and is 16 long."""
     inputs = processor(Image.new("RGB", (8, 8)), "What is in the picture?")
     assert inputs.input_ids.tolist() == [[1, 3] + [IMAGE_ID] * 16 + [5, 6, 7, 8, 9, 4]]
-    assert (inputs.visual_start, inputs.visual_len, inputs.grid) == (2, 16, (4, 4))
+    assert (inputs.visual_start, inputs.num_visual_tokens, inputs.grid_shape) == (2, 16, (4, 4))
 
 
 def test_empty_question(processor):

@@ -1,12 +1,15 @@
 # python -m pytest tests/test_pruned_model.py -q
 """The model running a schedule: what each layer sees and caches, the positions kept tokens
 keep, and equivalence with running the later layers on only the kept tokens."""
+from dataclasses import replace
+from types import SimpleNamespace
+
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
 import feather_mini as fm
-from feather_mini.model import LlavaConfig, TextConfig, VisionConfig, rope_cos_sin
+from feather_mini.model import LlavaConfig, TextConfig, VisionConfig, apply_rope, rope_cos_sin
 from feather_mini.pruning import Schedule, Stage, feather, phi_uniform, uniform
 from feather_mini.processing import Inputs
 
@@ -44,7 +47,7 @@ def run_on_rows(model, input_ids, pixel_values, rows_from: dict[int, list[int]])
             keep = torch.isin(positions[0], torch.tensor(rows_from[i]))
             h, positions = h[:, keep], positions[:, keep]
         cos, sin = rope_cos_sin(positions, text.head_dim, text.rope_theta)
-        h = layer(h, cos, sin, positions, None, i)
+        h = layer(h, cos, sin, None, i)
     return model.language_model.lm_head(model.language_model.model.norm(h))
 
 
@@ -61,13 +64,25 @@ def test_each_layer_caches_exactly_what_it_saw(loaded):
 
 @torch.no_grad()
 def test_kept_tokens_keep_their_original_positions(loaded):
-    """Layer 3's cached positions: 0, 1, then 2 + each kept index, then the question at 578..583."""
+    """Layer 3's cached keys are its keys of the rows seen (0, 1, 2 + each kept index, the question at
+    578..583) rotated at those ORIGINAL positions, not at 0..151."""
     model, inputs = loaded
     cache = fm.KVCache(8)
     kept = model(inputs, cache, schedule=FASTV_AT_3).kept[3]
-    assert cache.positions[2].tolist() == [list(range(T))]
-    assert cache.positions[3].tolist() == [rows_seen(kept)]
-    assert cache.positions[3][0, -6:].tolist() == [578, 579, 580, 581, 582, 583]
+    rows = torch.tensor(rows_seen(kept))
+    assert rows[-6:].tolist() == [578, 579, 580, 581, 582, 583]
+    text = model.config.text_config
+    h = model.embed(inputs.input_ids, model.image_features(inputs.pixel_values))
+    everything = torch.arange(T)[None]
+    cos, sin = rope_cos_sin(everything, text.head_dim, text.rope_theta)
+    for layer in model.language_model.model.layers[:3]:
+        h = layer(h, cos, sin, None, 0)
+    attention = model.language_model.model.layers[3]
+    _, k = attention.self_attn.project_qk(attention.input_layernorm(h[:, rows]))
+    for positions, match in ((rows[None], True), (torch.arange(len(rows))[None], False)):
+        cos, sin = rope_cos_sin(positions, text.head_dim, text.rope_theta)
+        diff = (apply_rope(k, cos, sin) - cache.keys[3]).abs().max().item()
+        assert (diff <= 1e-5) == match, f"keys at positions {positions[0, -3:].tolist()}: max difference {diff:.2e}"
 
 
 @torch.no_grad()
@@ -178,6 +193,25 @@ def test_pruning_takes_one_sequence(loaded):
     batch = Inputs(inputs.input_ids.repeat(2, 1), inputs.pixel_values.repeat(2, 1, 1, 1), START, N, (24, 24))
     with pytest.raises(ValueError, match="pruning takes one sequence .*; got a batch of 2"):
         model(batch, schedule=FASTV_AT_3)
+
+
+@pytest.mark.parametrize("start", [START - 1, START + 1, T - N + 1, T])
+def test_pruning_reads_the_visual_span_from_the_inputs(loaded, start):
+    """visual_start must point at the N image tokens: one too early or late, or past the end (where
+    a slice would come out short and pass unseen), is refused before any compute."""
+    model, inputs = loaded
+    with pytest.raises(ValueError, match=rf"as one contiguous span from inputs.visual_start={start}, "):
+        model(replace(inputs, visual_start=start), schedule=FASTV_AT_3)
+
+
+def test_pruning_needs_a_visual_start(loaded):
+    """Inputs of one's own without visual_start: a TypeError saying what pruning needs."""
+    model, inputs = loaded
+    bare = SimpleNamespace(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values)
+    with pytest.raises(TypeError, match=r"pruning needs inputs.visual_start, .* got SimpleNamespace with "
+                                        r"visual_start=None"):
+        model(bare, schedule=FASTV_AT_3)
+    assert model(bare).logits.shape == (1, T, 64)  # without pruning it is not needed
 
 
 def test_grid_criteria_refuse_a_model_that_keeps_cls():

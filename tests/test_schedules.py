@@ -22,12 +22,13 @@ def test_presets_print_in_one_line():
 
 
 def test_presets_scale_to_the_model_depth_and_say_so(capsys):
-    """Written for 32 layers: a 16-layer model gets layers * 16/32, and the scaling is printed."""
+    """Written for 32 layers: a 16-layer model gets layers * 16/32; the schedule's note says so, and
+    building it prints nothing (printing is the caller's choice)."""
     schedule = feather(num_layers=16)
     assert schedule.layers == [4, 8]
-    assert capsys.readouterr().out == "feather: layers 8,16 of 32 scaled to 4,8 of 16 (x L/32, rounded)\n"
+    assert schedule.note == "layers 8,16 of 32 scaled to 4,8 of 16 (x L/32, rounded)"
     assert str(schedule).startswith("feather [layers 8,16 of 32 scaled to 4,8 of 16 (x L/32, rounded)]: layer 4:")
-    fastv()  # 32 layers: nothing to say
+    assert fastv().note == ""  # 32 layers: nothing to say
     assert capsys.readouterr().out == ""
 
 
@@ -52,7 +53,7 @@ def test_feather_counts_follow_reference_md():
                                                 (uniform(8), 0.55)])
 def test_flops_reduction_matches_table_1(schedule, expected):
     """LLaVA-7B sizes, 729 visual and 10 text tokens: Table 1's FLOPs column within one point."""
-    assert flops_reduction(schedule, num_visual=729, num_text=10) == pytest.approx(expected, abs=0.01)
+    assert flops_reduction(schedule, num_visual_tokens=729, num_text=10) == pytest.approx(expected, abs=0.01)
 
 
 def test_flops_reduction_from_a_runs_kept_counts():
@@ -88,11 +89,11 @@ def test_stages_out_of_order_are_refused():
         "layer 16 (stages in increasing layer order)")
 
 
-@pytest.mark.parametrize("keep", [0, -0.5, 1.5])
-def test_budget_outside_0_1_is_refused(keep):
-    """keep is a fraction: 0 keeps nothing, a negative or > 1 share is meaningless."""
-    assert error_of(lambda: Schedule([Stage(3, "phi_original", keep)])) == (
-        f"schedule 'custom', stage 1 (layer 3, phi_original): keep={keep!r} must be a fraction in (0, 1] "
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5])
+def test_budget_outside_0_1_is_refused(fraction):
+    """fraction is a share: 0 keeps nothing, a negative or > 1 share is meaningless."""
+    assert error_of(lambda: Schedule([Stage(3, "phi_original", fraction)])) == (
+        f"schedule 'custom', stage 1 (layer 3, phi_original): fraction={fraction!r} must be a share in (0, 1] "
         "of the visual tokens in the original grid")
 
 
@@ -107,7 +108,7 @@ def test_budget_that_keeps_nothing_is_refused():
     """9% of at most 5 tokens present rounds down to 0 tokens."""
     schedule = Schedule([Stage(2, "phi_original", 0.3), Stage(4, "phi_no_rope", 0.09, of_present=True)])
     assert error_of(lambda: schedule.check(8, 16, (4, 4))) == (
-        "schedule 'custom', stage 2 (layer 4, phi_no_rope): keeps 0 of the 4 visual tokens present; raise keep")
+        "schedule 'custom', stage 2 (layer 4, phi_no_rope): keeps 0 of the 4 visual tokens present; raise fraction")
 
 
 def test_stride_below_1_is_refused():
@@ -130,35 +131,35 @@ def test_grid_that_is_not_the_visual_token_count_is_refused():
         "visual tokens, so a uniform grid cannot be laid over them")
 
 
-def test_unknown_criterion_and_missing_keep_are_refused():
+def test_unknown_criterion_and_missing_fraction_are_refused():
     """Typos and forgotten budgets are named, with the criteria that exist."""
     assert error_of(lambda: Schedule([Stage(3, "phi_magic", 0.5)])) == (
         "schedule 'custom', stage 1 (layer 3, phi_magic): unknown criterion 'phi_magic'; expected one of "
         "['phi_original', 'phi_no_rope', 'phi_knn', 'phi_uniform', 'phi_ensemble', 'phi_random'] "
         "or a function criterion(query, keys, budget)")
     assert error_of(lambda: Schedule([Stage(3, "phi_no_rope")])) == (
-        "schedule 'custom', stage 1 (layer 3, phi_no_rope): keep (a fraction of visual tokens) is required")
+        "schedule 'custom', stage 1 (layer 3, phi_no_rope): fraction (the share of visual tokens kept) is required")
     assert error_of(lambda: Schedule([])) == (
         "schedule 'custom' has no stages (for no pruning, pass no schedule)")
 
 
 def test_knn_without_vision_features_is_refused():
     """A Pruner used on a bare decoder, with no vision features given, names what is missing."""
-    pruner = Schedule([Stage(1, "phi_knn", 0.5)]).pruner(4, 16, (4, 4), visual_start=2, rope_theta=10000.0)
+    pruner = Schedule([Stage(1, "phi_knn", 0.5)]).pruner(16, (4, 4), visual_start=2, rope_theta=10000.0)
     with pytest.raises(ValueError) as e:
         pruner.select(1, torch.zeros(1, 2, 20, 4), torch.zeros(1, 2, 20, 4), torch.arange(20)[None])
     assert str(e.value) == "layer 1: phi_knn needs the vision backbone's features, and none were given"
 
 
 def test_options_that_would_be_ignored_are_refused():
-    """A stride on an attention criterion, of_present on a first-stage-only criterion, keep=True."""
+    """A stride on an attention criterion, of_present on a first-stage-only criterion, fraction=True."""
     assert error_of(lambda: Schedule([Stage(3, "phi_no_rope", 0.25, stride=3)])) == (
         "schedule 'custom', stage 1 (layer 3, phi_no_rope): stride=3 only applies to phi_uniform and phi_ensemble")
     assert error_of(lambda: Schedule([Stage(3, "phi_knn", 0.25, of_present=True)])) == (
         "schedule 'custom', stage 1 (layer 3, phi_knn): of_present does not apply: phi_knn is a first stage, "
         "where every visual token is present")
     assert error_of(lambda: Schedule([Stage(3, "phi_no_rope", True)])).endswith(
-        "keep=True must be a fraction in (0, 1] of the visual tokens in the original grid")
+        "fraction=True must be a share in (0, 1] of the visual tokens in the original grid")
 
 
 def test_stages_must_be_stage_objects():

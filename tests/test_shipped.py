@@ -5,7 +5,7 @@ questions correctly, and FastV's kept tokens on them are pinned (greedy decoding
 from pathlib import Path
 
 from feather_mini import load_pretrained, synthetic
-from feather_mini.evaluate import SHIPPED_WEIGHTS
+from feather_mini import SHIPPED_WEIGHTS
 
 
 def test_shipped_folder_is_small_and_complete():
@@ -18,7 +18,7 @@ def test_shipped_folder_is_small_and_complete():
 def test_shipped_model_shape():
     """A 12x12 grid of visual tokens (96 px, 8 px patches) and an 8-layer decoder with RoPE."""
     model, processor = load_pretrained(SHIPPED_WEIGHTS)
-    assert processor.grid == (12, 12) and model.config.num_visual_tokens == 144
+    assert processor.grid_shape == (12, 12) and model.config.num_visual_tokens == 144
     assert model.config.text_config.num_hidden_layers == 8
     assert sum(p.numel() for p in model.parameters()) == 2_507_136
 

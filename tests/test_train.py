@@ -107,10 +107,12 @@ def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
         train.train(parse(tmp_path, "--steps", "2"))
 
 
-def test_main_rejects_bad_options(tmp_path):
-    """main() names the option: --steps 0, --max-objects 9; nothing is written."""
-    with raises(ValueError, "--steps must be at least 1, got 0"):
-        train.main(parse(tmp_path / "out", "--steps", "0"))
+def test_main_rejects_bad_options(tmp_path, capsys):
+    """The command line names the option: --steps 0, --max-objects 9; nothing is written."""
+    from feather_mini.__main__ import main
+
+    assert main(["train", "--out", str(tmp_path / "out"), "--steps", "0"]) == 2
+    assert capsys.readouterr().err == "feather-mini train: error: argument --steps: must be at least 1, got 0\n"
     with raises(ValueError, "--max-objects must be between 1 and 4, got 9"):
         train.main(parse(tmp_path / "out", "--steps", "1", "--max-objects", "9"))
     assert not (tmp_path / "out").exists()
@@ -138,7 +140,7 @@ def test_output_folder_loads_and_generates(run3):
     """load_pretrained reads the folder unchanged; greedy decoding gives ids and their text."""
     out, _ = run3
     model, processor = fm.load_pretrained(out)
-    assert (model.config.vision_config.grid, model.config.num_visual_tokens, model.config.image_token_index) == \
+    assert (model.config.vision_config.grid_side, model.config.num_visual_tokens, model.config.image_token_index) == \
         (12, 144, 114)
     ex = synthetic.example("test", 0)
     inputs = processor(ex.scene.image(), ex.question.question)
@@ -208,7 +210,7 @@ def test_init_from_starts_from_the_saved_weights(run3, tmp_path):
 def test_init_from_refuses_another_model(tmp_path):
     """The shipped model's folder does not fit the 'test' preset: the first tensor the preset lacks
     is named with the file; a folder without weights is named too."""
-    from feather_mini.evaluate import SHIPPED_WEIGHTS
+    from feather_mini import SHIPPED_WEIGHTS
 
     with raises(ValueError, "--init-from: vision_tower.vision_model.encoder.layers.1.layer_norm1.bias is not a "
                             f"tensor of this model, found in {SHIPPED_WEIGHTS / 'model.safetensors'}"):
@@ -288,7 +290,7 @@ def test_576_preset_trains_3_steps_and_resumes_exactly(tmp_path):
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     model, processor = fm.load_pretrained(tmp_path / "b")
-    assert processor.grid == (24, 24) and model.config.num_visual_tokens == 576
+    assert processor.grid_shape == (24, 24) and model.config.num_visual_tokens == 576
 
 
 def test_grow_repeats_each_layer_as_an_identity_copy_and_resizes_the_positions(run3):
@@ -325,7 +327,7 @@ def test_grow_repeats_each_layer_as_an_identity_copy_and_resizes_the_positions(r
 def test_out_over_a_model_folder_or_the_shipped_weights_is_refused(tmp_path):
     """A copy of a model folder (model.safetensors, no checkpoint/), weights/ itself and a folder in
     it, and a file, are refused before training; nothing in them changes."""
-    from feather_mini.evaluate import SHIPPED_WEIGHTS
+    from feather_mini import SHIPPED_WEIGHTS
 
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -351,5 +353,5 @@ def test_cli_refuses_negative_threads(tmp_path, capsys):
     from feather_mini.__main__ import main
 
     assert main(["train", "--out", str(tmp_path / "a"), "--threads", "-1"]) == 2
-    assert "error: --threads must be 0 (torch's choice) or a number of threads, got -1" in capsys.readouterr().err
+    assert "error: argument --threads: must be at least 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()

@@ -1,7 +1,7 @@
 """Why FEATHER is the worst row of the shipped model's Table 1: hand-built schedules on the
 400-question test split, through the same evaluate() as `python -m feather_mini eval`.
 
-    python results/feather_stages.py > results/feather_stages.txt     # about 2 minutes on 2 cores
+    python scripts/feather_stages.py > results/feather_stages.txt     # about 4 minutes on 2 cores
 
 Layers are the shipped model's (8 decoder layers); "from layer L" = layers L..7 see only the
 kept visual tokens. The last five rows keep 1, 5 or 20 visual tokens from layer L on: how
@@ -9,7 +9,7 @@ late does this model still read the image, and from how many tokens?
 """
 import torch
 
-from feather_mini import evaluate, pruning
+from feather_mini import SHIPPED_WEIGHTS, evaluate, pruning
 from feather_mini.model import load_pretrained
 from feather_mini.pruning import Schedule, Stage
 
@@ -18,14 +18,14 @@ STAGE_1, STAGE_2 = pruning.feather(num_layers=8).stages  # layers 2 and 4: the p
 
 
 def tokens(n: int) -> float:
-    """The keep fraction that leaves exactly n visual tokens (a stage keeps floor(keep * 144))."""
+    """The fraction that leaves exactly n visual tokens (a stage keeps floor(fraction * 144))."""
     return (n + 0.5) / NUM_VISUAL
 
 
 SCHEDULES = {
     "feather (both stages: layers 2 and 4)": [STAGE_1, STAGE_2],
     "feather, stage 1 only": [STAGE_1],
-    "feather, stage 2 moved to layer 6": [STAGE_1, Stage(6, STAGE_2.criterion, STAGE_2.keep, of_present=True)],
+    "feather, stage 2 moved to layer 6": [STAGE_1, Stage(6, STAGE_2.criterion, STAGE_2.fraction, of_present=True)],
     # LLaVA-1.5's count at this stage, by the same budgets: about 20 tokens (9% of ~220 present)
     "feather, stage 2 keeping 20 tokens": [STAGE_1, Stage(4, STAGE_2.criterion, tokens(20))],
     "fastv (phi_original) 50% from layer 1": [Stage(1, "phi_original", 0.5)],
@@ -42,7 +42,7 @@ SCHEDULES = {
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    model, processor = load_pretrained(evaluate.SHIPPED_WEIGHTS)
+    model, processor = load_pretrained(SHIPPED_WEIGHTS)
     cases = evaluate.synthetic_cases(400)
     print("| schedule | FLOPs red. % | loc Acc@0.5 % | other acc. % | first stage kept in bottom half % |")
     print("|---|---:|---:|---:|---:|")
