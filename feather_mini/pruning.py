@@ -168,7 +168,7 @@ class StageInputs:
     rope_theta: float
 
 
-# How each criterion is called on a stage's inputs s, to keep n tokens: one line each.
+# How each criterion is called on a stage's inputs s, to keep n tokens (the `select` of its row).
 def _original(s: StageInputs, n: int):
     return phi_original(s.query, s.keys, int(s.query_position), s.key_positions, n, s.rope_theta)
 
