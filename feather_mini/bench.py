@@ -39,7 +39,7 @@ from .processing import Inputs
 # Shapes, random weights, random inputs
 
 TEXT_BEFORE, TEXT_AFTER = 5, 35  # "<s> USER:" before the visual span; the question and " ASSISTANT:" after it
-METHODS = ("none",) + cli.HEADLINE  # "none", the baseline, always runs
+METHODS = cli.DEFAULT_METHODS  # "none", the baseline, always runs
 SCALING_METHODS = ["none", "feather"]  # what runs at the grids other than the preset's own
 MODEL_SIZES = {  # name -> (its own grid side, decoder, vision tower); the image size follows the grid
     # LLaVA-1.5's token layout (14 px patches: 336 px for 24x24) with models a CPU runs in

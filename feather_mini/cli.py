@@ -18,6 +18,7 @@ from .model import SHIPPED_WEIGHTS
 
 METHODS = ("none",) + tuple(pruning.PRESETS)  # every method a command accepts, in the eval table's order
 HEADLINE = ("fastv", "fastv_norope", "pyramid_drop", "feather")  # what demo, heatmap and bench show by default
+DEFAULT_METHODS = ("none",) + HEADLINE  # demo's and bench's: the headline methods and the unpruned baseline
 ONE_STAGE = tuple(name for name, preset in pruning.PRESETS.items()  # the presets that take a layer K
                   if "layer" in inspect.signature(preset).parameters)
 EARLY_K, LATER_K = 3, 8  # Table 1's two layers, in the presets' 32-layer numbering

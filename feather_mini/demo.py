@@ -29,7 +29,6 @@ from . import cli, pictures, pruning, synthetic
 from .model import load_pretrained
 from .processing import box_in_square, expand_to_square, load_image
 
-METHODS = ("none",) + cli.HEADLINE  # the default --methods
 
 # -----------------------------------------------------------------------------
 # The built-in example and the reference answers it knows
@@ -167,7 +166,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="an image file (default: the built-in scene)")
     p.add_argument("--prompt", help="the question (default: the built-in one; with --image: 'Describe the image.')")
     cli.add_weights_option(p)
-    p.add_argument("--methods", default=",".join(METHODS),
+    p.add_argument("--methods", default=",".join(cli.DEFAULT_METHODS),
                    help=f"comma-separated subset of {','.join(cli.METHODS)}")
     cli.add_device_options(p)
     p.add_argument("--out", default="demo.png", help="where to write the picture (default: demo.png)")

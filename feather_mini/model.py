@@ -636,8 +636,9 @@ class LlavaForConditionalGeneration(nn.Module):
         if n_placeholders != num_images * N:
             raise ValueError(f"input_ids hold {n_placeholders} image tokens (id {image}) for {num_images} image(s) "
                              f"of {N} visual tokens each; expected {num_images * N}")
-        inside = visual_start is not None and 0 <= visual_start <= input_ids.shape[1] - N
-        if visual_start is not None and not (inside and is_visual[0, visual_start:visual_start + N].all()):
+        # A start past the end would slice a short (even empty) span that passes .all(): bound it first.
+        if visual_start is not None and not (0 <= visual_start <= input_ids.shape[1] - N
+                                             and is_visual[0, visual_start:visual_start + N].all()):
             raise ValueError(f"pruning needs the {N} image tokens (id {image}) as one contiguous span from "
                              f"inputs.visual_start={visual_start}, as the processor writes them")
 
@@ -682,10 +683,12 @@ class LlavaForConditionalGeneration(nn.Module):
             if B != 1:
                 raise ValueError(f"pruning takes one sequence (kept tokens differ per image); got a batch of {B}")
             schedule.check(text.num_hidden_layers, N, (side, side))  # before any compute
-        visual_start = None if schedule is None else getattr(inputs, "visual_start", None)
-        if schedule is not None and not is_int(visual_start):
-            raise TypeError(f"pruning needs inputs.visual_start, where the visual tokens begin (the processor's "
-                            f"Inputs carry it); got {type(inputs).__name__} with visual_start={visual_start!r}")
+            visual_start = getattr(inputs, "visual_start", None)
+            if not is_int(visual_start):
+                raise TypeError(f"pruning needs inputs.visual_start, where the visual tokens begin (the processor's "
+                                f"Inputs carry it); got {type(inputs).__name__} with visual_start={visual_start!r}")
+        else:
+            visual_start = None
         self._check_input_ids(inputs.input_ids, inputs.pixel_values.shape[0], visual_start)
         input_ids = inputs.input_ids.to(self.device)
         features = self.patch_features(inputs.pixel_values.to(self.device, self.dtype))
