@@ -44,9 +44,9 @@ def at_least(minimum: int):
 positive_int = at_least(1)
 
 
-def add_weights_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=str(SHIPPED_WEIGHTS),
-                   help="checkpoint folder: the shipped model (default) or a llava-1.5-7b-hf download")
+def add_weights_option(p: argparse.ArgumentParser, default: Path = SHIPPED_WEIGHTS) -> None:
+    p.add_argument("--weights", default=str(default),
+                   help=f"checkpoint folder: a shipped model (default: {default.name}) or a llava-1.5-7b-hf download")
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """The demo: one image, one question, and what each pruning method keeps and what it costs.
 
-    python -m feather_mini                          # = demo: the shipped model, a built-in scene
+    python -m feather_mini                          # = demo: feather-576, a built-in scene
     python -m feather_mini demo --methods none,fastv,feather --json
     python -m feather_mini demo --image photo.jpg --prompt "Where is the dog?" \\
         --weights llava-1.5-7b-hf --device cuda
@@ -26,7 +26,7 @@ import sys
 import torch
 
 from . import cli, pictures, pruning, synthetic
-from .model import load_pretrained
+from .model import WEIGHTS_576, load_pretrained
 from .processing import box_in_square, expand_to_square, load_image
 
 
@@ -165,7 +165,7 @@ def figure(square, grid_shape: tuple[int, int], first_patch: int, rows: list[dic
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="an image file (default: the built-in scene)")
     p.add_argument("--prompt", help="the question (default: the built-in one; with --image: 'Describe the image.')")
-    cli.add_weights_option(p)
+    cli.add_weights_option(p, default=WEIGHTS_576)
     p.add_argument("--methods", default=",".join(cli.DEFAULT_METHODS),
                    help=f"comma-separated subset of {','.join(cli.METHODS)}")
     cli.add_device_options(p)

@@ -949,4 +949,5 @@ def shipped_weights(name: str = "feather-tiny") -> Path:
     return installed if installed.is_dir() else checkout
 
 
-SHIPPED_WEIGHTS = shipped_weights()  # the default of every command's --weights
+SHIPPED_WEIGHTS = shipped_weights()  # feather-tiny (144 visual tokens): eval's, heatmap's and the tests' default
+WEIGHTS_576 = shipped_weights("feather-576")  # LLaVA-1.5's 576-token layout: the demo's default

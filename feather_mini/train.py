@@ -50,7 +50,7 @@ MODEL_PRESETS = ("shipped", "576", "test")
 def model_config(preset: str, vocab_size: int) -> LlavaConfig:
     """'shipped': feather-tiny (96 px, 12x12 grid, 8-layer decoder, 4 heads of 32, 2.5 M parameters);
     '576': feather-576, LLaVA-1.5's layout (the same 96 px scenes resized to 192 px, 8 px patches: a
-    24x24 grid of 576 visual tokens; a 16-layer decoder with one head of LLaVA's width 128, 4.2 M);
+    24x24 grid of 576 visual tokens; feather-tiny's decoder, 8 layers, 4 heads of 32, 2.6 M);
     'test': a very small one for the tests: widths of 32, but the shipped model's 12x12 grid and 8
     decoder layers, so that every preset's budgets and layers are those of the shipped model."""
     if preset == "shipped":
@@ -59,12 +59,13 @@ def model_config(preset: str, vocab_size: int) -> LlavaConfig:
         text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=8,
                           num_attention_heads=4, max_position_embeddings=512)
     elif preset == "576":
-        # The ViT is feather-tiny's at twice the resolution, so --init-from weights/feather-tiny can
-        # reuse its patch embedding; one head of 128 gives RoPE LLaVA's frequencies (see model card).
+        # feather-tiny at twice the resolution, so that --init-from weights/feather-tiny reuses every
+        # tensor (its ViT's position embeddings resized by `grow`): a training run has to fit one
+        # session of this machine, which a 16-layer decoder or one head of 128 did not (model card).
         vision = VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                               image_size=2 * synthetic.IMAGE_SIZE, patch_size=8)
-        text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=16,
-                          num_attention_heads=1, max_position_embeddings=1024)
+        text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=8,
+                          num_attention_heads=4, max_position_embeddings=1024)
     elif preset == "test":
         vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                               image_size=synthetic.IMAGE_SIZE, patch_size=8)

@@ -1,7 +1,8 @@
 # python -m pytest -q tests/test_demo.py
-"""The demo and heatmap commands on the shipped model: the kept counts are REFERENCE.md's budgets
-for a 12x12 grid (N = 144), the built-in example's answers are pinned (greedy, float32, CPU), the
-pictures have their sizes, and every error a user can hit is one line with exit code 2."""
+"""The demo (on its default model, feather-576) and the heatmap (on feather-tiny): the demo's kept
+counts are REFERENCE.md's budgets for a 24x24 grid (N = 576), the built-in example's answers are
+pinned (greedy, float32, CPU), the pictures have their sizes, and every error a user can hit is one
+line with exit code 2."""
 import contextlib
 import io
 import json
@@ -16,10 +17,10 @@ from PIL import Image
 
 from feather_mini import cli, demo, heatmap, load_pretrained, pictures, pruning
 from feather_mini.__main__ import main
-from feather_mini import SHIPPED_WEIGHTS
+from feather_mini import SHIPPED_WEIGHTS, WEIGHTS_576
 from feather_mini.evaluate import synthetic_cases
 
-GRID_STRIDE_3 = [0, 3, 6, 9, 36, 39, 42, 45, 72, 75, 78, 81, 108, 111, 114, 117]  # phi_uniform(12, 12, 3)
+GRID_STRIDE_3 = [24 * row + col for row in range(0, 24, 3) for col in range(0, 24, 3)]  # phi_uniform(24, 24, 3): 64
 
 
 def run_cli(args, capsys):
@@ -30,7 +31,7 @@ def run_cli(args, capsys):
 
 @pytest.fixture(scope="module")
 def demo_json(tmp_path_factory):
-    """`demo --json` with its defaults (one timed round): the parsed JSON and the PNG's path."""
+    """`demo --json` with its defaults (feather-576, one timed round): the parsed JSON and the PNG's path."""
     png = tmp_path_factory.mktemp("demo") / "demo.png"
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -50,7 +51,7 @@ def test_demo_json_has_every_method_in_order(demo_json):
     """The five default methods, each with its schedule, answer, score, kept indices, FLOPs and timing."""
     data, _ = demo_json
     assert [r["method"] for r in data["rows"]] == ["none", "fastv", "fastv_norope", "pyramid_drop", "feather"]
-    assert (data["grid_shape"], data["num_visual_tokens"]) == ([12, 12], 144)
+    assert (data["weights"], data["grid_shape"], data["num_visual_tokens"]) == (str(WEIGHTS_576), [24, 24], 576)
     assert data["prompt"] == "Where is the yellow circle?"
     for r in data["rows"]:
         assert set(r) == {"method", "schedule", "answer", "correct", "iou", "kept", "flops_reduction",
@@ -59,51 +60,53 @@ def test_demo_json_has_every_method_in_order(demo_json):
 
 
 def test_demo_kept_counts_are_the_reference_budgets(demo_json):
-    """N = 144, layers scaled by 8/32: FastV int(0.25 N) = 36 at layer 1; PyramidDrop 72, 36, 18 at
-    layers 2, 4, 6; FEATHER at layer 2 the top int(0.3 N) = 43 united with the 16-token stride-3 grid
-    (43..59 tokens; 56 here), at layer 4 int(0.09 * 56) = 5 of those."""
+    """N = 576, layers scaled by 8/32: FastV int(0.25 N) = 144 at layer 1; PyramidDrop 288, 144, 72 at
+    layers 2, 4, 6; FEATHER at layer 2 the top int(0.3 N) = 172 united with the 64-token stride-3 grid
+    (172..236 tokens; 216 here), at layer 4 int(0.09 * 216) = 19 of those."""
     rows = {r["method"]: r["kept"] for r in demo_json[0]["rows"]}
     count = lambda kept: {layer: len(idx) for layer, idx in kept.items()}  # noqa: E731
     assert count(rows["none"]) == {}
-    assert count(rows["fastv"]) == count(rows["fastv_norope"]) == {"1": 36}
-    assert count(rows["pyramid_drop"]) == {"2": 72, "4": 36, "6": 18}
+    assert count(rows["fastv"]) == count(rows["fastv_norope"]) == {"1": 144}
+    assert count(rows["pyramid_drop"]) == {"2": 288, "4": 144, "6": 72}
     stage1, stage2 = rows["feather"]["2"], rows["feather"]["4"]
-    assert 43 <= len(stage1) <= 43 + 16 and set(GRID_STRIDE_3) <= set(stage1)
-    assert (len(stage1), len(stage2)) == (56, 5) and len(stage2) == int(0.09 * len(stage1))
+    assert 172 <= len(stage1) <= 172 + 64 and set(GRID_STRIDE_3) <= set(stage1)
+    assert (len(stage1), len(stage2)) == (216, 19) and len(stage2) == int(0.09 * len(stage1))
     assert set(stage2) <= set(stage1)
 
 
 def test_demo_kept_indices_sorted_unique_in_range(demo_json):
-    """Every stage's kept indices are sorted, unique and among the 144 visual tokens."""
+    """Every stage's kept indices are sorted, unique and among the 576 visual tokens."""
     for r in demo_json[0]["rows"]:
         for idx in r["kept"].values():
-            assert idx == sorted(set(idx)) and 0 <= idx[0] and idx[-1] < 144
+            assert idx == sorted(set(idx)) and 0 <= idx[0] and idx[-1] < 576
 
 
 def test_demo_builtin_answers_pinned(demo_json):
-    """Unpruned: the exact box. FastV keeps 27 of its 36 tokens in the bottom half and misses (IoU 0.38);
-    PyramidDrop and FEATHER find the circle on this one image (on the 400-question split FEATHER does
-    worse than FastV: README, Table 1)."""
+    """Unpruned: the exact box. FastV keeps 60 of its 144 tokens in the bottom half (feather-576's FastV
+    leans to the top: README) and 16 of the 49 under the circle's box (rows 1-7, columns 17-23), and
+    finds it (IoU 0.74); FastV without RoPE answers garbled words and a wrong box; PyramidDrop and FEATHER
+    find the circle on this one image (on the 400-question split FEATHER does worse than FastV: README)."""
     rows = {r["method"]: r for r in demo_json[0]["rows"]}
     assert rows["none"]["answer"] == "[0.71, 0.04, 1.00, 0.33]" and rows["none"]["iou"] == 1.0
     fastv = rows["fastv"]
-    assert fastv["kept"]["1"] == [9, 11, 14, 23, 48, 49, 50, 51, 52, 92, 93, 94, 99, 104, 105, 106, 111, 112, 113,
-                                  114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130]
-    assert sum(i >= 72 for i in fastv["kept"]["1"]) == 27
-    assert (fastv["answer"], fastv["correct"], round(fastv["iou"], 2)) == ("[0.62, 0.00, 0.92, 0.25]", False, 0.38)
+    under_box = {24 * row + col for row in range(1, 8) for col in range(17, 24)}
+    assert (sum(i >= 288 for i in fastv["kept"]["1"]), len(under_box & set(fastv["kept"]["1"]))) == (60, 16)
+    assert (fastv["answer"], fastv["correct"], round(fastv["iou"], 2)) == ("[0.75, 0.04, 1.00, 0.29]", True, 0.74)
+    assert rows["fastv_norope"]["answer"] == "green green square [0.58, 0.67, 0.92, 1.00]"
     assert [(rows[m]["correct"], round(rows[m]["iou"], 2)) for m in ("fastv_norope", "pyramid_drop", "feather")] == [
-        (False, 0.49), (True, 0.86), (True, 0.55)]
-    assert rows["feather"]["kept"]["4"] == [47, 99, 111, 112, 117]
+        (False, 0.0), (True, 0.74), (True, 0.74)]
+    assert rows["feather"]["kept"]["4"] == [44, 66, 67, 68, 69, 70, 90, 91, 92, 113, 116, 140, 141, 142, 187, 461, 462,
+                                            485, 486]
 
 
 def test_demo_flops_reduction_matches_fastv_formula(demo_json):
-    """FastV at layer 1 of 8 keeping 36 of 144: the row's FLOPs reduction is pruning.flops_reduction's."""
-    model, processor = load_pretrained(SHIPPED_WEIGHTS)
+    """FastV at layer 1 of 8 keeping 144 of 576: the row's FLOPs reduction is pruning.flops_reduction's."""
+    model, processor = load_pretrained(WEIGHTS_576)
     cfg = model.config.text_config
     inputs = processor(demo.builtin_example()[1].image(), "Where is the yellow circle?")
-    num_text = inputs.input_ids.shape[1] - 144
+    num_text = inputs.input_ids.shape[1] - 576
     rows = {r["method"]: r for r in demo_json[0]["rows"]}
-    expected = pruning.flops_reduction({1: 36}, 144, num_text, 8, cfg.hidden_size, cfg.intermediate_size)
+    expected = pruning.flops_reduction({1: 144}, 576, num_text, 8, cfg.hidden_size, cfg.intermediate_size)
     assert rows["fastv"]["flops_reduction"] == pytest.approx(expected, abs=1e-12)
     assert rows["none"]["flops_reduction"] == 0.0
 
@@ -199,17 +202,17 @@ def test_error_device_not_available(tmp_path, capsys):
 
 
 def test_error_prompt_too_long(tmp_path, capsys):
-    """A prompt past the shipped model's 512-token context: the count and the limit are named."""
-    err = error_line(["demo", "--prompt", "red " * 400, "--out", str(tmp_path / "d.png")], capsys)
-    assert err == ("feather-mini demo: error: --prompt is too long: the prompt takes 547 tokens with the image's "
-                   "144 visual tokens, plus --max-new-tokens 32, over the model's context of 512")
+    """A prompt past feather-576's 1024-token context: the count and the limit are named."""
+    err = error_line(["demo", "--prompt", "red " * 450, "--out", str(tmp_path / "d.png")], capsys)
+    assert err == ("feather-mini demo: error: --prompt is too long: the prompt takes 1029 tokens with the image's "
+                   "576 visual tokens, plus --max-new-tokens 32, over the model's context of 1024")
 
 
 def test_error_answer_too_long(tmp_path, capsys):
     """A short prompt but --max-new-tokens past the context: the message says which option overflows."""
-    err = error_line(["demo", "--max-new-tokens", "400", "--out", str(tmp_path / "d.png")], capsys)
-    assert err == ("feather-mini demo: error: too long an answer allowed: the prompt takes 152 tokens with the "
-                   "image's 144 visual tokens, plus --max-new-tokens 400, over the model's context of 512")
+    err = error_line(["demo", "--max-new-tokens", "500", "--out", str(tmp_path / "d.png")], capsys)
+    assert err == ("feather-mini demo: error: too long an answer allowed: the prompt takes 584 tokens with the "
+                   "image's 576 visual tokens, plus --max-new-tokens 500, over the model's context of 1024")
 
 
 def test_error_empty_prompt(tmp_path, capsys):

@@ -1,31 +1,43 @@
 # python -m pytest tests/test_shipped.py -q
-"""The model shipped in weights/feather-tiny: it loads with the same loader as a real LLaVA-1.5
-folder, has the shape the demo and the tutorial rely on, answers the test split's first 40
-questions correctly, and FastV's kept tokens on them are pinned (greedy decoding, float32, CPU)."""
+"""The models shipped in weights/: feather-tiny (12x12 visual tokens) and feather-576 (LLaVA-1.5's
+24x24). Each loads with the same loader as a real LLaVA-1.5 folder, has the shape the demo and
+the tutorial rely on, and answers fixed questions correctly; feather-tiny's first 40 test
+questions and FastV's kept tokens on them are pinned (greedy decoding, float32, CPU)."""
 from pathlib import Path
 
-from feather_mini import load_pretrained, synthetic
-from feather_mini import SHIPPED_WEIGHTS
+import pytest
+
+from feather_mini import SHIPPED_WEIGHTS, WEIGHTS_576, load_pretrained, synthetic
+
+# folder, size limit in MB, grid side, parameters
+MODELS = {"feather-tiny": (SHIPPED_WEIGHTS, 20, 12, 2_507_136), "feather-576": (WEIGHTS_576, 30, 24, 2_562_432)}
 
 
-def test_shipped_folder_is_small_and_complete():
-    """The four llava-hf files, nothing pickled, at most 20 MB in all."""
-    files = sorted(p.name for p in Path(SHIPPED_WEIGHTS).iterdir())
+@pytest.mark.parametrize("name", MODELS)
+def test_shipped_folder_is_small_and_complete(name):
+    """The four llava-hf files and the model card, nothing pickled, within the size limit (20 and 30 MB)."""
+    folder, limit_mb, _, _ = MODELS[name]
+    files = sorted(p.name for p in Path(folder).iterdir())
     assert files == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"]
-    assert sum(p.stat().st_size for p in Path(SHIPPED_WEIGHTS).iterdir()) <= 20 * 2 ** 20
+    assert sum(p.stat().st_size for p in Path(folder).iterdir()) <= limit_mb * 2 ** 20
 
 
-def test_shipped_model_shape():
-    """A 12x12 grid of visual tokens (96 px, 8 px patches) and an 8-layer decoder with RoPE."""
-    model, processor = load_pretrained(SHIPPED_WEIGHTS)
-    assert processor.grid_shape == (12, 12) and model.config.num_visual_tokens == 144
-    assert model.config.text_config.num_hidden_layers == 8
-    assert sum(p.numel() for p in model.parameters()) == 2_507_136
+@pytest.mark.parametrize("name", MODELS)
+def test_shipped_model_shape(name):
+    """feather-tiny: a 12x12 grid (96 px, 8 px patches); feather-576: 24x24 (192 px, 8 px patches);
+    both an 8-layer decoder with RoPE, 4 heads of 32."""
+    folder, _, side, params = MODELS[name]
+    model, processor = load_pretrained(folder)
+    assert processor.grid_shape == (side, side) and model.config.num_visual_tokens == side * side
+    text = model.config.text_config
+    assert (text.num_hidden_layers, text.num_attention_heads, text.head_dim) == (8, 4, 32)
+    assert sum(p.numel() for p in model.parameters()) == params
 
 
-def test_shipped_model_answers_a_box_and_a_colour():
+@pytest.mark.parametrize("name", MODELS)
+def test_shipped_model_answers_a_box_and_a_colour(name):
     """Test example 0, "Where is the red triangle?", gets its exact box; example 1, "What color is the square?", "red"."""
-    model, processor = load_pretrained(SHIPPED_WEIGHTS)
+    model, processor = load_pretrained(MODELS[name][0])
     loc, colour = synthetic.example("test", 0), synthetic.example("test", 1)
     assert (loc.question.question, colour.question.question) == ("Where is the red triangle?", "What color is the square?")
     answer = model.generate(processor(loc.scene.image(), loc.question.question), max_new_tokens=16).text

@@ -272,13 +272,13 @@ def test_main_rejects_a_lookalike_share_out_of_range(tmp_path):
 
 
 def test_576_preset_is_llava_15s_layout():
-    """24x24 = 576 visual tokens (the 96 px scenes resized to 192 px, 8 px patches), a 16-layer
-    decoder with one head of LLaVA's width 128, 4,170,112 parameters."""
+    """24x24 = 576 visual tokens (the 96 px scenes resized to 192 px, 8 px patches) and feather-tiny's
+    decoder (8 layers, 4 heads of 32), 2,562,432 parameters."""
     config = train.model_config("576", train.make_tokenizer().get_vocab_size())
     assert (config.vision_config.image_size, config.vision_config.patch_size, config.num_visual_tokens) == (192, 8, 576)
     text = config.text_config
-    assert (text.num_hidden_layers, text.num_attention_heads, text.head_dim, text.hidden_size) == (16, 1, 128, 128)
-    assert sum(p.numel() for p in fm.LlavaForConditionalGeneration(config).parameters()) == 4_170_112
+    assert (text.num_hidden_layers, text.num_attention_heads, text.head_dim, text.hidden_size) == (8, 4, 32, 128)
+    assert sum(p.numel() for p in fm.LlavaForConditionalGeneration(config).parameters()) == 2_562_432
 
 
 def test_576_preset_trains_3_steps_and_resumes_exactly(tmp_path):
