@@ -60,8 +60,9 @@ def model_config(preset: str, vocab_size: int) -> LlavaConfig:
                           num_attention_heads=4, max_position_embeddings=512)
     elif preset == "576":
         # feather-tiny at twice the resolution, so that --init-from weights/feather-tiny reuses every
-        # tensor (its ViT's position embeddings resized by `grow`): a training run has to fit one
-        # session of this machine, which a 16-layer decoder or one head of 128 did not (model card).
+        # tensor as it was (its ViT's position embeddings resized by `grow`; one head of 128 would
+        # split its attention otherwise): a run has to fit one session of this machine, which 16
+        # layers, at twice the step time, did not (model card).
         vision = VisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                               image_size=2 * synthetic.IMAGE_SIZE, patch_size=8)
         text = TextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=8,
