@@ -197,6 +197,30 @@ def loss_on(model: LlavaForConditionalGeneration, pixels, input_ids, labels) -> 
     logits = model.language_model(h, torch.arange(T).expand(B, T))
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
+
+def make_processor(tokenizer: Tokenizer, config: LlavaConfig) -> Processor:
+    """The processor of a model being trained (a saved one reads its folder: Processor.from_pretrained)."""
+    return Processor(tokenizer, config.vision_config.image_size, config.vision_config.patch_size,
+                     config.image_token_index, config.num_visual_tokens)
+
+
+def make_optimizer(model: LlavaForConditionalGeneration, lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (not on biases and norms)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98))
+
+
+def train_step(model: LlavaForConditionalGeneration, optimizer, batch) -> float:
+    """One optimizer step on (pixel_values, input_ids, labels), gradients clipped to norm 1; the loss."""
+    loss = loss_on(model, *batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
 # -----------------------------------------------------------------------------
 # Held-out accuracy: single-turn questions, greedy answers, as the evaluation asks them
 
@@ -357,12 +381,8 @@ def train(args) -> list[float]:
     init_weights(model, args.seed)
     if args.init_from and not args.resume:  # a resumed run takes its weights from the checkpoint
         load_weights(model, Path(args.init_from))
-    processor = Processor(tokenizer, config.vision_config.image_size, config.vision_config.patch_size,
-                          config.image_token_index, config.num_visual_tokens)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.98))
+    processor = make_processor(tokenizer, config)
+    optimizer = make_optimizer(model, args.lr)
     settings = {k: getattr(args, k) for k in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr",
                                                "warmup", "steps", "lookalike")}
     # Resolved, so that "runs/a" and "./runs/a" are one setting on --resume.
@@ -385,12 +405,8 @@ def train(args) -> list[float]:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         objects = objects_at(step, args.max_objects, args.curriculum)
-        loss = loss_on(model, *make_batch(processor, step, args.seed, args.batch, args.turns, objects, args.lookalike))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        batch = make_batch(processor, step, args.seed, args.batch, args.turns, objects, args.lookalike)
+        losses.append(train_step(model, optimizer, batch))
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:
             elapsed = time.time() - t0

@@ -1,6 +1,6 @@
 """Seconds per training step of the '576' preset and of the deeper and wider decoders it was chosen
 over: the step `python -m feather_mini train --preset 576 --turns 8` runs (train.make_batch and
-train.loss_on, batch 8 chats, forward + backward + AdamW), 2 threads, random weights.
+train.train_step, batch 8 chats, forward + backward + clipped AdamW), 2 threads, random weights.
 
     python scripts/step_times.py > results/step_times_576.txt     # about a minute on 2 cores
 
@@ -15,7 +15,6 @@ import torch
 
 from feather_mini import synthetic, train
 from feather_mini.model import LlavaForConditionalGeneration
-from feather_mini.processing import Processor
 
 DECODERS = [(8, 4), (16, 4), (8, 1), (16, 1)]  # (layers, heads) at width 128: heads of 32 or one head of 128
 WARMUP, TIMED = 2, 4
@@ -30,18 +29,12 @@ def step_seconds(layers: int, heads: int) -> tuple[int, float]:
     config = replace(config, text_config=text)
     model = LlavaForConditionalGeneration(config)
     train.init_weights(model, 0)
-    processor = Processor(tokenizer, config.vision_config.image_size, config.vision_config.patch_size,
-                          config.image_token_index, config.num_visual_tokens)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    processor, optimizer = train.make_processor(tokenizer, config), train.make_optimizer(model, 5e-4)
     model.train()
     times = []
     for step in range(WARMUP + TIMED):
         t0 = time.perf_counter()
-        batch = train.make_batch(processor, step, 0, 8, 8, synthetic.MAX_OBJECTS, 0.5)
-        loss = train.loss_on(model, *batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train.train_step(model, optimizer, train.make_batch(processor, step, 0, 8, 8, synthetic.MAX_OBJECTS, 0.5))
         times.append(time.perf_counter() - t0)
     return sum(p.numel() for p in model.parameters()), statistics.median(times[WARMUP:])
 

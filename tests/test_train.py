@@ -185,7 +185,7 @@ def test_position_probe_reads_the_grid_at_init_and_not_from_noise():
     config = train.model_config("test", tokenizer.get_vocab_size())
     model = fm.LlavaForConditionalGeneration(config)
     train.init_weights(model, 0)
-    processor = fm.Processor(tokenizer, 96, 8, config.image_token_index, config.num_visual_tokens)
+    processor = train.make_processor(tokenizer, config)
     assert min(train.position_probe(model, processor, n=8).values()) > 0.8
     with torch.no_grad():
         for p in model.vision_tower.parameters():
