@@ -14,6 +14,7 @@ then PyramidDrop and FEATHER. Columns:
   between where a method keeps visual tokens and which boxes it loses;
 - loc_se, other_se, loc_top_se, loc_bottom_se: the binomial standard error of each accuracy,
   sqrt(p (1 - p) / n), so that a difference can be read against the noise of n questions;
+- loc_n, other_n, loc_top_n, loc_bottom_n: that n, the questions each accuracy is over;
 - bottom_share: the share of the visual tokens kept at the FIRST stage that lie in the
   bottom half of the grid (0.5 for an even spread).
 
@@ -36,7 +37,12 @@ from .model import load_pretrained
 from .processing import IMAGE_PLACEHOLDER, box_in_square, load_image
 
 KEYS = ("method", "layer", "flops_reduction", "loc_acc", "other_acc", "bottom_share",
-        "loc_acc_top", "loc_acc_bottom", "loc_se", "other_se", "loc_top_se", "loc_bottom_se")
+        "loc_acc_top", "loc_acc_bottom", "loc_se", "other_se", "loc_top_se", "loc_bottom_se",
+        "loc_n", "other_n", "loc_top_n", "loc_bottom_n")
+# Each accuracy's (value, standard error, count) keys, by the name with_se and table use
+ACCURACIES = {"loc": ("loc_acc", "loc_se", "loc_n"), "other": ("other_acc", "other_se", "other_n"),
+              "loc_top": ("loc_acc_top", "loc_top_se", "loc_top_n"),
+              "loc_bottom": ("loc_acc_bottom", "loc_bottom_se", "loc_bottom_n")}
 
 # -----------------------------------------------------------------------------
 # What is evaluated: one question about one image, with its reference answer
@@ -169,7 +175,9 @@ def evaluate(model, processor, cases: list[Case], method: str, schedule, progres
     row = {"method": method, "layer": [s.layer for s in schedule.stages] if schedule is not None else [],
            "flops_reduction": reduction / len(cases), "loc_acc": loc_acc, "other_acc": other_acc,
            "bottom_share": bottom_share(per_row.tolist()), "loc_acc_top": top_acc, "loc_acc_bottom": bottom_acc,
-           "loc_se": loc_se, "other_se": other_se, "loc_top_se": top_se, "loc_bottom_se": bottom_se}
+           "loc_se": loc_se, "other_se": other_se, "loc_top_se": top_se, "loc_bottom_se": bottom_se,
+           "loc_n": len(loc), "other_n": len(other), "loc_top_n": len(by_half["top"]),
+           "loc_bottom_n": len(by_half["bottom"])}
     return row, per_row.tolist()
 
 
@@ -188,18 +196,35 @@ def row_histogram(per_row: list[int], width: int = 40) -> str:
                      for r, n in enumerate(per_row))
 
 
+def with_se(row: dict, name: str) -> str:
+    """One accuracy of a row as text, "61.5% ± 3.4 (123/200)": the value, its standard error and the
+    hits and count they come from, so that a reader can recompute both. name: a key of ACCURACIES."""
+    value, se, n = (row[k] for k in ACCURACIES[name])
+    return "-" if value is None else f"{100 * value:.1f}% ± {100 * se:.1f} ({round(value * n)}/{n})"
+
+
 def table(rows: list[dict]) -> str:
-    """The rows as a Markdown table; fractions as percentages, accuracies with their standard error."""
+    """The rows as a Markdown table; fractions as percentages, accuracies with their standard error.
+    Each accuracy column's header gives its count n (the rows must share their questions)."""
+    counts = {}
+    for name, (_, _, n_key) in ACCURACIES.items():
+        counts[name] = {r[n_key] for r in rows}
+        if len(counts[name]) != 1:
+            raise ValueError(f"table: the rows were evaluated on different questions ({n_key}: {sorted(counts[name])})")
+    n = {name: next(iter(c)) for name, c in counts.items()}
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    acc = lambda v, se: "-" if v is None else f"{100 * v:.1f} ± {100 * se:.1f}"  # noqa: E731
-    lines = ["| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | loc, target in top half % "
-             "| loc, target in bottom half % | first stage kept in bottom half % |",
+
+    def acc(r: dict, name: str) -> str:
+        value, se, _ = (r[k] for k in ACCURACIES[name])
+        return "-" if value is None else f"{100 * value:.1f} ± {100 * se:.1f}"
+    lines = [f"| method | layer | FLOPs red. % | loc Acc@0.5 % (n={n['loc']}) | other acc. % (n={n['other']}) "
+             f"| loc, target in top half % (n={n['loc_top']}) | loc, target in bottom half % (n={n['loc_bottom']}) "
+             "| first stage kept in bottom half % |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         layer = ",".join(map(str, r["layer"])) or "-"
-        lines.append(f"| {r['method']} | {layer} | {pct(r['flops_reduction'])} | {acc(r['loc_acc'], r['loc_se'])} | "
-                     f"{acc(r['other_acc'], r['other_se'])} | {acc(r['loc_acc_top'], r['loc_top_se'])} | "
-                     f"{acc(r['loc_acc_bottom'], r['loc_bottom_se'])} | {pct(r['bottom_share'])} |")
+        lines.append(f"| {r['method']} | {layer} | {pct(r['flops_reduction'])} | {acc(r, 'loc')} | "
+                     f"{acc(r, 'other')} | {acc(r, 'loc_top')} | {acc(r, 'loc_bottom')} | {pct(r['bottom_share'])} |")
     return "\n".join(lines)
 
 # -----------------------------------------------------------------------------

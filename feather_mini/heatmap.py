@@ -5,9 +5,10 @@
 
 For every example of the synthetic test split (all question types) it runs one prefill per
 method and counts, per grid position, how often the position was kept at the chosen stage;
-the PNG has one panel per method on one colour scale (white: never kept, dark blue: always).
-FastV's panel is dark at the bottom: RoPE's long-term decay favours the visual tokens
-nearest the text that follows the image.
+the PNG has one panel per method, each on its own colour scale (white: never kept, dark blue:
+that panel's most-kept position, its share given under the panel), so that a last stage that
+keeps a few tokens still shows. On feather-tiny FastV's panel is dark at the bottom, as the
+paper finds; on feather-576 at the top (the tutorial's chapters 3 and 4 measure why).
 """
 from __future__ import annotations
 

@@ -313,7 +313,7 @@ def test_heatmap_on_8_examples_writes_the_png(tmp_path, capsys):
     assert lines[1].startswith("fastv         layer 1: mean kept  36.0 of 144 grid positions; in the bottom half")
     assert lines[-1] == f"wrote {png}" and "heatmap: 4/4 feather: 8/8" in err
     with Image.open(png) as image:
-        assert image.size == (1046, 393)
+        assert image.size == (1046, 375)  # 46 + 240 + 20 (each panel's colour bar) + 6 + 3 x 17 + 12
 
 
 def test_console_script_is_declared():

@@ -76,8 +76,8 @@ def test_eval_table_and_fastv_row_histogram(weights, capsys):
     code, out, _ = run_cli(["eval", "--weights", weights, "--limit", "1", "--methods", "none,fastv",
                             "--max-new-tokens", "2"], capsys)
     assert code == 0
-    assert ("| method | layer | FLOPs red. % | loc Acc@0.5 % | other acc. % | loc, target in top half % "
-            "| loc, target in bottom half % | first stage kept in bottom half % |") in out
+    assert ("| method | layer | FLOPs red. % | loc Acc@0.5 % (n=1) | other acc. % (n=0) | loc, target in top half % "
+            "(n=0) | loc, target in bottom half % (n=1) | first stage kept in bottom half % |") in out
     assert "| none | - | 0.0 |" in out and "| fastv | 1 | 71.9 |" in out and "| fastv | 2 | 61.7 |" in out
     assert "fastv at layer 1: where the kept visual tokens lie, by grid row (row 0 = top)" in out
     assert out.count("\nrow ") == 12
@@ -97,6 +97,19 @@ def test_eval_splits_boxes_by_the_targets_half_with_standard_errors(capsys):
     assert split(none) == [1.0, 1.0, 1.0, 1.0] and errors(none) == [0.0, 0.0, 0.0, 0.0]
     assert split(early) == [0.5, 0.0, 1.0, 0.75] and errors(early) == [0.25, 0.0, 0.0, 0.2165]
     assert split(later) == [0.25, 0.5, 0.0, 0.5] and errors(later) == [0.2165, 0.3536, 0.0, 0.25]
+    counts = lambda r: [r[k] for k in ("loc_n", "loc_top_n", "loc_bottom_n", "other_n")]  # noqa: E731
+    assert counts(none) == counts(early) == counts(later) == [4, 2, 2, 4]
+    assert evaluate.with_se(early, "other") == "75.0% ± 21.7 (3/4)"
+    assert evaluate.with_se(later, "loc_top") == "50.0% ± 35.4 (1/2)"
+
+
+def test_table_refuses_rows_evaluated_on_different_questions():
+    """The header gives each column's n once, so rows over different questions cannot share a table."""
+    row = dict.fromkeys(evaluate.KEYS, 0.5) | {"method": "fastv", "layer": [1], "loc_n": 4, "other_n": 4,
+                                                "loc_top_n": 2, "loc_bottom_n": 2}
+    assert "| loc Acc@0.5 % (n=4) | other acc. % (n=4) |" in evaluate.table([row, row])
+    with pytest.raises(ValueError, match=r"different questions \(loc_n: \[4, 5\]\)"):
+        evaluate.table([row, row | {"loc_n": 5}])
 
 
 def test_half_of_a_target_and_accuracy_with_its_error():

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 TUTORIAL = Path(__file__).resolve().parent.parent / "tutorial"
 CHAPTERS = sorted(TUTORIAL.glob("[0-9][0-9]-*.md"))
@@ -100,6 +101,50 @@ def run_chapter(name: str, markdown: str) -> int:
     return ran
 
 
+ACCURACY = re.compile(r"(\d+\.\d)% ± (\d+\.\d) \((\d+)/(\d+)\)")  # evaluate.with_se: "61.5% ± 3.4 (123/200)"
+TABLE_CELL = re.compile(r"^(\d+\.\d) ± (\d+\.\d)$")  # evaluate.table: "61.5 ± 3.4", its n in the header
+HEADER_COUNT = re.compile(r"\(n=(\d+)\)")
+
+
+def percent(hits: int, n: int) -> tuple[str, str]:
+    """(p, se) as evaluate prints them: percentages with one decimal."""
+    p = hits / n
+    return f"{100 * p:.1f}", f"{100 * (p * (1 - p) / n) ** 0.5:.1f}"
+
+
+def check_standard_errors(output: str, where: str) -> int:
+    """Every accuracy in an output block carries a standard error that its hits and count give back:
+    "p% ± se (hits/n)" in text, "p ± se" in a table column whose header says (n=...). A "±" in any other
+    form fails, so that no error bar goes unchecked. Returns how many accuracies were checked."""
+    checked, counts = 0, None
+    for line in output.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if any(HEADER_COUNT.search(c) for c in cells):
+                counts = [int(m.group(1)) if (m := HEADER_COUNT.search(c)) else None for c in cells]
+                continue
+            for column, cell in enumerate(cells):
+                if (match := TABLE_CELL.match(cell)) is None:
+                    continue
+                n = counts[column] if counts and column < len(counts) else None
+                assert n, f"{where}: table cell {cell!r} has no (n=...) in its column's header"
+                fits = [h for h in range(n + 1) if percent(h, n)[0] == match.group(1)]
+                assert fits, f"{where}: {cell!r} is no share of n={n} questions"
+                assert percent(fits[0], n)[1] == match.group(2), \
+                    f"{where}: {cell!r} with n={n}: the standard error of {match.group(1)}% is {percent(fits[0], n)[1]}"
+                checked += 1
+        else:
+            for match in ACCURACY.finditer(line):
+                p, se, hits, n = match.group(1), match.group(2), int(match.group(3)), int(match.group(4))
+                assert (p, se) == percent(hits, n), f"{where}: {match.group(0)!r}: {hits}/{n} gives {percent(hits, n)}"
+                checked += 1
+        plus_minus = line.count("±")
+        well_formed = len(ACCURACY.findall(line)) if not line.startswith("|") else \
+            sum(1 for c in line.strip("|").split("|") if TABLE_CELL.match(c.strip()))
+        assert plus_minus == well_formed, f"{where}: a ± that no count comes with: {line!r}"
+    return checked
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.name for c in CHAPTERS])
 def test_chapter(chapter, tmp_path, monkeypatch):
     """Every python block of the chapter runs, and prints what the chapter shows."""
@@ -123,11 +168,68 @@ def test_each_chapter_ends_with_what_you_should_now_understand():
         assert last == "What you should now understand", f"{chapter.name}: its last section is {last!r}"
 
 
+def test_printed_accuracies_carry_standard_errors_a_reader_can_recompute():
+    """Every accuracy the chapters print comes with its standard error and the count it is over."""
+    checked = 0
+    for chapter in CHAPTERS:
+        for info, body in fenced_blocks(chapter.read_text()):
+            if info == "text":
+                checked += check_standard_errors(body, chapter.name)
+    assert checked >= 100, f"only {checked} accuracies found in the chapters' outputs"
+
+
+def test_standard_error_check_catches_a_wrong_error_and_a_bare_one():
+    """The check above can fail: a wrong standard error, a share no count gives, a ± without a count."""
+    assert check_standard_errors("fastv 61.5% ± 3.4 (123/200)\n| m | acc (n=50) |\n|---|---:|\n| a | 60.0 ± 6.9 |", "x") == 2
+    with pytest.raises(AssertionError, match=r"123/200 gives \('61.5', '3.4'\)"):
+        check_standard_errors("fastv 61.5% ± 3.5 (123/200)", "x")
+    with pytest.raises(AssertionError, match=r"the standard error of 60.0% is 6.9"):
+        check_standard_errors("| m | acc (n=50) |\n| a | 60.0 ± 7.0 |", "x")
+    with pytest.raises(AssertionError, match=r"'61.3 ± 6.9' is no share of n=50"):
+        check_standard_errors("| m | acc (n=50) |\n| a | 61.3 ± 6.9 |", "x")
+    with pytest.raises(AssertionError, match=r"a ± that no count comes with"):
+        check_standard_errors("boxes 61.5% ± 3.4", "x")
+
+
 def test_images_linked_from_chapters_exist():
     """Every picture a chapter embeds is committed next to it."""
     for chapter in CHAPTERS:
         for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", chapter.read_text()):
             assert (TUTORIAL / target).is_file(), f"{chapter.name} embeds {target}, which is not in tutorial/"
+
+
+SAVED_PICTURE = re.compile(r"\.save\(\"([\w.-]+\.png)\"\)")  # a block that draws the picture it shows
+
+
+def test_pictures_drawn_by_a_block_are_the_ones_committed():
+    """A block that saves NAME.png prints the picture's size; tutorial/images/NAME.png has that size, so
+    the committed picture is the one the block draws now (made by running the block from tutorial/images)."""
+    saved = 0
+    for chapter in CHAPTERS:
+        for block in python_blocks(chapter.read_text()):
+            for name in SAVED_PICTURE.findall(block.code):
+                committed = TUTORIAL / "images" / name
+                assert committed.is_file(), f"{chapter.name}, python block {block.number}: {committed} is not committed"
+                with Image.open(committed) as picture:
+                    size = picture.size
+                assert block.expected is not None and str(size) in block.expected, \
+                    f"{chapter.name}, python block {block.number} prints no size {size} of {name}"
+                saved += 1
+    assert saved == 2  # 04-kept-vs-distance.png and 07-tokens-per-layer.png
+
+
+def test_pictures_made_by_commands_have_the_sizes_of_their_layout():
+    """The demo's and the heatmap's pictures in tutorial/images, at the sizes their layout gives
+    (pictures.py: panels of 240 px with 12 px margins), so a stale or wrong picture shows."""
+    expected = {"04-fastv-demo.png": (768, 407),  # demo, 3 methods: 12 + 3 x (240 + 12) px wide
+                "06-feather-demo.png": (1020, 407),  # demo, 4 methods: 12 + 4 x 252
+                "05-heatmap.png": (1550, 375),  # heatmap, 6 panels: 26 + 12 + 6 x 252
+                "06-heatmap-last.png": (794, 375)}  # heatmap, 3 panels: 26 + 12 + 3 x 252
+    for name, size in expected.items():
+        with Image.open(TUTORIAL / "images" / name) as picture:
+            assert picture.size == size, f"tutorial/images/{name} is {picture.size}, expected {size}"
+    assert sorted(expected) == sorted(p.name for p in (TUTORIAL / "images").glob("*.png")
+                                      if p.name not in ("04-kept-vs-distance.png", "07-tokens-per-layer.png"))
 
 
 SAMPLE = """# A chapter
