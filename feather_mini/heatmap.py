@@ -71,7 +71,7 @@ def main(args) -> int:
         kept = frequency.sum().item()
         panels.append({"frequency": frequency.tolist(),
                        "caption": [f"{method}, layer {layer} of {depth}",
-                                   f"kept on average: {kept:.1f} of {frequency.numel()} positions",
+                                   f"kept on average: {kept:.1f} of {frequency.numel()}",
                                    f"of those in the bottom half: {100 * bottom:.1f}%"]})
         lines.append(f"{method:<13} layer {layer}: mean kept {kept:5.1f} of {frequency.numel()} grid positions; "
                      f"in the bottom half {100 * bottom:5.1f}%")

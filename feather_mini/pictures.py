@@ -1,7 +1,7 @@
 """The pictures of the demo, the heatmap and the tutorial, drawn with Pillow alone (no plotting library).
 
-- patch_map: the grid of visual tokens as text, one character per patch: on the target, on
-  another object, or background.
+- patch_cells, patch_map: the grid of visual tokens as text, one character per patch: on the
+  target, on another object, or background.
 - demo_figure: the image once per method, side by side: the visual tokens kept to the end
   at full brightness, those dropped at a later stage tinted purple, those dropped at the
   first stage dark; the target box (white) and the predicted box (orange) on top.
@@ -55,10 +55,10 @@ def fit(draw: ImageDraw.ImageDraw, text: str, size: int, width: int) -> str:
     return text + "..."
 
 
-def patch_map(image: Image.Image, grid_shape: tuple[int, int], target_box, background) -> str:
-    """The grid as text, one line per grid row ("row  0  ..o+"): 'o' for a cell that overlaps
-    target_box (x1, y1, x2, y2 in the image's pixels, x2/y2 exclusive) and holds a pixel of
-    another colour than `background` (RGB), '+' for any other cell holding one, '.' otherwise.
+def patch_cells(image: Image.Image, grid_shape: tuple[int, int], target_box, background) -> list[str]:
+    """The grid as text, one string per grid row, one character per cell: 'o' for a cell that
+    overlaps target_box (x1, y1, x2, y2 in the image's pixels, x2/y2 exclusive) and holds a pixel
+    of another colour than `background` (RGB), '+' for any other cell holding one, '.' otherwise.
     Cells are image.width // cols by image.height // rows pixels."""
     rows, cols = grid_shape
     w, h = image.width // cols, image.height // rows
@@ -74,8 +74,14 @@ def patch_map(image: Image.Image, grid_shape: tuple[int, int], target_box, backg
             else:
                 on_target = c * w < x2 and (c + 1) * w > x1 and r * h < y2 and (r + 1) * h > y1
                 line += "o" if on_target else "+"
-        lines.append(f"row {r:2d}  {line}")
-    return "\n".join(lines)
+        lines.append(line)
+    return lines
+
+
+def patch_map(image: Image.Image, grid_shape: tuple[int, int], target_box, background) -> str:
+    """patch_cells as one printable block, each row labelled ("row  0  ..o+")."""
+    return "\n".join(f"row {r:2d}  {line}" for r, line in enumerate(patch_cells(image, grid_shape, target_box,
+                                                                                 background)))
 
 
 def stages_survived(kept: dict, grid_shape: tuple[int, int], first_patch: int) -> list[list[int]]:

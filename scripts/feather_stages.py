@@ -52,9 +52,6 @@ if __name__ == "__main__":
         sys.exit(f"feather_stages: {weights} has {model.config.text_config.num_hidden_layers} decoder layers; "
                  f"these schedules are written for {LAYERS}")
     cases = evaluate.synthetic_cases(400)
-    print("| schedule | FLOPs red. % | loc Acc@0.5 % | other acc. % | first stage kept in bottom half % |")
-    print("|---|---:|---:|---:|---:|")
-    for name, stages in schedules(processor.num_visual_tokens).items():
-        row, _ = evaluate.evaluate(model, processor, cases, name, Schedule(tuple(stages), name))
-        print(f"| {name} | {100 * row['flops_reduction']:.1f} | {100 * row['loc_acc']:.1f} | "
-              f"{100 * row['other_acc']:.1f} | {100 * row['bottom_share']:.1f} |", flush=True)
+    rows = [evaluate.evaluate(model, processor, cases, name, Schedule(tuple(stages), name))[0]
+            for name, stages in schedules(processor.num_visual_tokens).items()]
+    print(evaluate.table(rows))  # eval's table: each accuracy with its standard error, each column's n

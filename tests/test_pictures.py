@@ -16,6 +16,7 @@ def test_patch_map_marks_the_target_other_objects_and_background():
     draw.rectangle((1, 1, 2, 2), fill=(235, 205, 40))  # the target; its box (1, 1, 4, 3) stops before x = 4
     draw.point((4, 1), fill=(220, 50, 50))
     draw.rectangle((5, 5, 6, 6), fill=(60, 110, 240))
+    assert pictures.patch_cells(image, (2, 2), (1, 1, 4, 3), (40, 40, 40)) == ["o+", ".+"]
     assert pictures.patch_map(image, (2, 2), (1, 1, 4, 3), (40, 40, 40)) == "row  0  o+\nrow  1  .+"
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 TUTORIAL = Path(__file__).resolve().parent.parent / "tutorial"
 CHAPTERS = sorted(TUTORIAL.glob("[0-9][0-9]-*.md"))
 NOT_RUN = "# Not run by the tests"
+SAVED_PICTURE = re.compile(r"\.save\(\"([\w.-]+\.png)\"\)")  # a block that draws the picture it shows
 FENCE = re.compile(r"^```(.*)$")
 
 
@@ -104,6 +105,8 @@ def run_chapter(name: str, markdown: str) -> int:
 ACCURACY = re.compile(r"(\d+\.\d)% ± (\d+\.\d) \((\d+)/(\d+)\)")  # evaluate.with_se: "61.5% ± 3.4 (123/200)"
 TABLE_CELL = re.compile(r"^(\d+\.\d) ± (\d+\.\d)$")  # evaluate.table: "61.5 ± 3.4", its n in the header
 HEADER_COUNT = re.compile(r"\(n=(\d+)\)")
+COUNTED = re.compile(r"\d+\.\d%? \(\d+/\d+\)")  # any "p (hits/n)": each must be part of an ACCURACY
+PROSE_ACCURACY = re.compile(r"(\d+\.\d)%\s+±\s+(\d+\.\d)")  # a line may break inside one
 
 
 def percent(hits: int, n: int) -> tuple[str, str]:
@@ -134,6 +137,9 @@ def check_standard_errors(output: str, where: str) -> int:
                     f"{where}: {cell!r} with n={n}: the standard error of {match.group(1)}% is {percent(fits[0], n)[1]}"
                 checked += 1
         else:
+            counts = None  # a table's header counts end with the table
+            assert len(COUNTED.findall(line)) == len(ACCURACY.findall(line)), \
+                f"{where}: an accuracy printed with its count but without its standard error: {line!r}"
             for match in ACCURACY.finditer(line):
                 p, se, hits, n = match.group(1), match.group(2), int(match.group(3)), int(match.group(4))
                 assert (p, se) == percent(hits, n), f"{where}: {match.group(0)!r}: {hits}/{n} gives {percent(hits, n)}"
@@ -150,6 +156,10 @@ def test_chapter(chapter, tmp_path, monkeypatch):
     """Every python block of the chapter runs, and prints what the chapter shows."""
     monkeypatch.chdir(tmp_path)
     assert run_chapter(chapter.name, chapter.read_text()) > 0, f"{chapter.name} has no python block to run"
+    for name in SAVED_PICTURE.findall(chapter.read_text()):  # drawn now in tmp_path: the committed one, pixel for pixel
+        with Image.open(tmp_path / name) as drawn, Image.open(TUTORIAL / "images" / name) as committed:
+            assert drawn.size == committed.size and drawn.tobytes() == committed.tobytes(), \
+                f"tutorial/images/{name} is not what {chapter.name} draws now: run its block from tutorial/images"
 
 
 def test_there_are_eight_chapters_and_an_index():
@@ -175,12 +185,28 @@ def test_printed_accuracies_carry_standard_errors_a_reader_can_recompute():
         for info, body in fenced_blocks(chapter.read_text()):
             if info == "text":
                 checked += check_standard_errors(body, chapter.name)
-    assert checked >= 100, f"only {checked} accuracies found in the chapters' outputs"
+    assert checked == 104, f"{checked} accuracies in the chapters' outputs, not 104: update the count on purpose"
+
+
+def prose(markdown: str) -> str:
+    """The chapter without its fenced blocks: what the reader reads as text."""
+    return re.sub(r"^```.*?^```$", "", markdown, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_accuracies_quoted_in_the_prose_are_ones_the_chapter_printed():
+    """A "61.5% ± 3.4" in a chapter's text appears, with the same error, in one of its output blocks."""
+    for chapter in CHAPTERS:
+        markdown = chapter.read_text()
+        printed = "\n".join(body for info, body in fenced_blocks(markdown) if info == "text")
+        for p, se in PROSE_ACCURACY.findall(prose(markdown)):
+            assert f"{p}% ± {se}" in printed or f"| {p} ± {se} |" in printed, \
+                f"{chapter.name} quotes {p}% ± {se}, which none of its output blocks prints"
 
 
 def test_standard_error_check_catches_a_wrong_error_and_a_bare_one():
     """The check above can fail: a wrong standard error, a share no count gives, a ± without a count."""
-    assert check_standard_errors("fastv 61.5% ± 3.4 (123/200)\n| m | acc (n=50) |\n|---|---:|\n| a | 60.0 ± 6.9 |", "x") == 2
+    table = "| m | acc (n=50) |\n|---|---:|\n| a | 60.0 ± 6.9 |"
+    assert check_standard_errors("fastv 61.5% ± 3.4 (123/200)\n" + table, "x") == 2
     with pytest.raises(AssertionError, match=r"123/200 gives \('61.5', '3.4'\)"):
         check_standard_errors("fastv 61.5% ± 3.5 (123/200)", "x")
     with pytest.raises(AssertionError, match=r"the standard error of 60.0% is 6.9"):
@@ -189,6 +215,10 @@ def test_standard_error_check_catches_a_wrong_error_and_a_bare_one():
         check_standard_errors("| m | acc (n=50) |\n| a | 61.3 ± 6.9 |", "x")
     with pytest.raises(AssertionError, match=r"a ± that no count comes with"):
         check_standard_errors("boxes 61.5% ± 3.4", "x")
+    with pytest.raises(AssertionError, match=r"with its count but without its standard error"):
+        check_standard_errors("boxes 61.5% (123/200)", "x")
+    with pytest.raises(AssertionError, match=r"has no \(n=...\) in its column's header"):
+        check_standard_errors("| m | acc (n=50) |\n\n| a | 60.0 ± 6.9 |", "x")
 
 
 def test_images_linked_from_chapters_exist():
@@ -198,12 +228,9 @@ def test_images_linked_from_chapters_exist():
             assert (TUTORIAL / target).is_file(), f"{chapter.name} embeds {target}, which is not in tutorial/"
 
 
-SAVED_PICTURE = re.compile(r"\.save\(\"([\w.-]+\.png)\"\)")  # a block that draws the picture it shows
-
-
 def test_pictures_drawn_by_a_block_are_the_ones_committed():
-    """A block that saves NAME.png prints the picture's size; tutorial/images/NAME.png has that size, so
-    the committed picture is the one the block draws now (made by running the block from tutorial/images)."""
+    """A block that saves NAME.png prints the picture's size, and tutorial/images/NAME.png has that size
+    (test_chapter checks it pixel for pixel against what the block draws now)."""
     saved = 0
     for chapter in CHAPTERS:
         for block in python_blocks(chapter.read_text()):
