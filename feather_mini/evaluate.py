@@ -206,12 +206,12 @@ def with_se(row: dict, name: str) -> str:
 def table(rows: list[dict]) -> str:
     """The rows as a Markdown table; fractions as percentages, accuracies with their standard error.
     Each accuracy column's header gives its count n (the rows must share their questions)."""
-    counts = {}
+    n = {}
     for name, (_, _, n_key) in ACCURACIES.items():
-        counts[name] = {r[n_key] for r in rows}
-        if len(counts[name]) != 1:
-            raise ValueError(f"table: the rows were evaluated on different questions ({n_key}: {sorted(counts[name])})")
-    n = {name: next(iter(c)) for name, c in counts.items()}
+        counts = sorted({r[n_key] for r in rows})
+        if len(counts) != 1:
+            raise ValueError(f"table: the rows were evaluated on different questions ({n_key}: {counts})")
+        n[name] = counts[0]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
 
     def acc(r: dict, name: str) -> str:

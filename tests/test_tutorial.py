@@ -207,18 +207,15 @@ def test_standard_error_check_catches_a_wrong_error_and_a_bare_one():
     """The check above can fail: a wrong standard error, a share no count gives, a ± without a count."""
     table = "| m | acc (n=50) |\n|---|---:|\n| a | 60.0 ± 6.9 |"
     assert check_standard_errors("fastv 61.5% ± 3.4 (123/200)\n" + table, "x") == 2
-    with pytest.raises(AssertionError, match=r"123/200 gives \('61.5', '3.4'\)"):
-        check_standard_errors("fastv 61.5% ± 3.5 (123/200)", "x")
-    with pytest.raises(AssertionError, match=r"the standard error of 60.0% is 6.9"):
-        check_standard_errors("| m | acc (n=50) |\n| a | 60.0 ± 7.0 |", "x")
-    with pytest.raises(AssertionError, match=r"'61.3 ± 6.9' is no share of n=50"):
-        check_standard_errors("| m | acc (n=50) |\n| a | 61.3 ± 6.9 |", "x")
-    with pytest.raises(AssertionError, match=r"a ± that no count comes with"):
-        check_standard_errors("boxes 61.5% ± 3.4", "x")
-    with pytest.raises(AssertionError, match=r"with its count but without its standard error"):
-        check_standard_errors("boxes 61.5% (123/200)", "x")
-    with pytest.raises(AssertionError, match=r"has no \(n=...\) in its column's header"):
-        check_standard_errors("| m | acc (n=50) |\n\n| a | 60.0 ± 6.9 |", "x")
+    wrong = [("fastv 61.5% ± 3.5 (123/200)", r"123/200 gives \('61.5', '3.4'\)"),
+             ("| m | acc (n=50) |\n| a | 60.0 ± 7.0 |", r"the standard error of 60.0% is 6.9"),
+             ("| m | acc (n=50) |\n| a | 61.3 ± 6.9 |", r"'61.3 ± 6.9' is no share of n=50"),
+             ("boxes 61.5% ± 3.4", r"a ± that no count comes with"),
+             ("boxes 61.5% (123/200)", r"with its count but without its standard error"),
+             ("| m | acc (n=50) |\n\n| a | 60.0 ± 6.9 |", r"has no \(n=...\) in its column's header")]
+    for output, message in wrong:
+        with pytest.raises(AssertionError, match=message):
+            check_standard_errors(output, "x")
 
 
 def test_images_linked_from_chapters_exist():
