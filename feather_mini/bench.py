@@ -31,8 +31,8 @@ from dataclasses import asdict, replace
 import torch
 
 from . import cli, pruning
-from .model import (KVCache, LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig, canonical_key,
-                    resolve_device, resolve_dtype)
+from .checkpoint import canonical_key, resolve_device, resolve_dtype
+from .model import KVCache, LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig
 from .processing import Inputs
 
 # -----------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def hidden_stderr():
 def bench_grid(args, side: int, schedules: dict, reference: bool, device, dtype) -> dict:
     """schedules: method -> Schedule (None for the baseline, "none")."""
     config = llava_config(args.preset, side, args.new_tokens)
-    text, N = config.text_config, config.num_visual_tokens
+    N = config.num_visual_tokens
     model, inputs = random_model(config, device, dtype, args.seed), random_inputs(config, args.seed)
     pixels = inputs.pixel_values.to(device, dtype)
     inputs = replace(inputs, input_ids=inputs.input_ids.to(device), pixel_values=pixels)  # no copy inside the timing
@@ -250,16 +250,14 @@ def bench_grid(args, side: int, schedules: dict, reference: bool, device, dtype)
         hits both sides of each ratio, where a ratio of two medians would take it in full."""
         return statistics.median(x[key] / y[key] for x, y in zip(samples[a], samples[b]))
 
-    sizes = dict(num_visual_tokens=N, num_text=inputs.input_ids.shape[1] - N, num_layers=text.num_hidden_layers,
-                 hidden=text.hidden_size)
     rows = []
     mb = lambda nbytes: None if nbytes is None else nbytes / 2 ** 20  # noqa: E731
     for m in schedules:
         last = samples[m][-1]
-        reduction = pruning.flops_reduction(last["kept"], **sizes, mlp=text.intermediate_size)
+        reduction = pruning.flops_reduction_of(config, inputs, last["kept"])
         speedup = ratio("none", m, "prefill")
         rows.append(dict(
-            method=m, grid=side, visual_tokens=N, text_tokens=sizes["num_text"],
+            method=m, grid=side, visual_tokens=N, text_tokens=inputs.input_ids.shape[1] - N,
             kept={layer: len(idx) for layer, idx in last["kept"].items()}, flops_reduction=reduction,
             ideal_speedup=1 / (1 - reduction),
             measured_speedup=speedup, efficiency=speedup * (1 - reduction),

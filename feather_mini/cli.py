@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import pruning
-from .model import SHIPPED_WEIGHTS
+from .checkpoint import SHIPPED_WEIGHTS, cache_dir
 
 METHODS = ("none",) + tuple(pruning.PRESETS)  # every method a command accepts, in the eval table's order
 HEADLINE = ("fastv", "fastv_norope", "pyramid_drop", "feather")  # what demo, heatmap and bench show by default
@@ -46,7 +46,8 @@ positive_int = at_least(1)
 
 def add_weights_option(p: argparse.ArgumentParser, default: Path = SHIPPED_WEIGHTS) -> None:
     p.add_argument("--weights", default=str(default),
-                   help=f"checkpoint folder: a shipped model (default: {default.name}) or a llava-1.5-7b-hf download")
+                   help=f"checkpoint folder or model name: feather-tiny, feather-576, feather-smol (after `fetch "
+                        f"feather-smol`; default: {default.name}), or a llava-1.5-7b-hf download")
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
@@ -98,9 +99,12 @@ def progress_line(prefix: str, n: int, of: int, label: str, total: int):
     return progress
 
 
-def output_path(text: str) -> Path:
-    """--out, checked before anything runs, so that a bad path does not waste the run."""
-    out = Path(text)
+def output_path(text: str | None, default_name: str) -> Path:
+    """--out, checked before anything runs, so that a bad path does not waste the run. Without one,
+    `default_name` in the cache folder (checkpoint.cache_dir): never a stray file in a checkout."""
+    if text is None:
+        (cache_dir() / default_name).parent.mkdir(parents=True, exist_ok=True)
+    out = Path(text) if text is not None else cache_dir() / default_name
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {text!r}")
     if out.is_dir():

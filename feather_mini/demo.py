@@ -25,8 +25,8 @@ import sys
 
 import torch
 
-from . import cli, pictures, pruning, synthetic
-from .model import WEIGHTS_576, load_pretrained
+from . import cli, evaluate, pictures, synthetic
+from .checkpoint import WEIGHTS_576, load_pretrained
 from .processing import box_in_square, expand_to_square, load_image
 
 
@@ -79,38 +79,21 @@ def run(model, processor, image, prompt: str, methods: list[str], question: synt
     time, and prefill_ratio: the median over rounds of its time / the unpruned prefill's in the
     same round (below 1 is faster; the unpruned prefill is timed even when 'none' is not among
     `methods`)."""
-    cfg = model.config.text_config
     image = load_image(image)
-    inputs = processor(image, prompt)
-    length = inputs.input_ids.shape[1]
-    if length + max_new_tokens - 1 > cfg.max_position_embeddings:
-        too_long = "--prompt is too long" if length > cfg.max_position_embeddings else "too long an answer allowed"
-        raise ValueError(f"{too_long}: the prompt takes {length} tokens with the image's "
-                         f"{inputs.num_visual_tokens} visual tokens, plus --max-new-tokens {max_new_tokens}, "
-                         f"over the model's context of {cfg.max_position_embeddings}")
     # Each preset at its default layers, scaled to the model's depth (the schedule's note says how).
-    schedules = dict(cli.schedules(list(dict.fromkeys(["none"] + methods)), cfg.num_hidden_layers))
-    seconds = time_prefills(model, inputs, schedules, repeats)
-    num_text = length - inputs.num_visual_tokens
+    schedules = dict(cli.schedules(list(dict.fromkeys(["none"] + methods)), model.config.text_config.num_hidden_layers))
+    # Answered first: generate refuses a prompt or an answer past the context before anything is timed.
+    answers = {m: evaluate.answer(model, processor, image, prompt, schedules[m], question, max_new_tokens)
+               for m in methods}
+    seconds = time_prefills(model, processor(image, prompt), schedules, repeats)
     rows = []
-    for method in methods:
-        schedule = schedules[method]
-        out = model.generate(inputs, max_new_tokens, schedule)
+    for method, a in answers.items():
         ratios = [t / base for t, base in zip(seconds[method], seconds["none"])]
-        row = {"method": method, "schedule": str(schedule) if schedule else "no pruning", "answer": out.text,
-               "correct": None, "iou": None,
-               "kept": {layer: idx.tolist() for layer, idx in sorted(out.kept.items())},
-               "flops_reduction": pruning.flops_reduction(out.kept, inputs.num_visual_tokens, num_text,
-                                                          cfg.num_hidden_layers, cfg.hidden_size,
-                                                          cfg.intermediate_size),
-               "prefill_ms": 1000 * statistics.median(seconds[method]), "prefill_ratio": statistics.median(ratios)}
-        if question is not None:
-            row["correct"] = synthetic.answer_correct(question, out.text, image.size)
-            if question.task == "loc":
-                box = synthetic.parse_box(out.text)
-                target = [round(v, 2) for v in box_in_square(question.box, image.size)]
-                row["iou"] = synthetic.iou(box, target) if box else 0.0
-        rows.append(row)
+        rows.append({"method": method, "schedule": str(schedules[method]) if schedules[method] else "no pruning",
+                     "answer": a.text, "correct": a.correct, "iou": a.iou,
+                     "kept": {layer: idx.tolist() for layer, idx in sorted(a.kept.items())},
+                     "flops_reduction": a.flops_reduction, "prefill_ms": 1000 * statistics.median(seconds[method]),
+                     "prefill_ratio": statistics.median(ratios)})
     return rows
 
 
@@ -130,7 +113,7 @@ def score(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    header = ["method", "answer", "score", "kept per stage", "FLOPs red.", "prefill ms", "time / none"]
+    header = ["method", "answer", "score", "kept per stage", "FLOPs red.", "prefill ms", "time/none, 1 run"]
     cells = [[r["method"], r["answer"], score(r), kept_counts(r), f"{100 * r['flops_reduction']:.1f}%",
               f"{r['prefill_ms']:.1f}", f"{r['prefill_ratio']:.2f}"] for r in rows]
     widths = [max(len(line[i]) for line in [header] + cells) for i in range(len(header))]
@@ -169,7 +152,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(cli.DEFAULT_METHODS),
                    help=f"comma-separated subset of {','.join(cli.METHODS)}")
     cli.add_device_options(p)
-    p.add_argument("--out", default="demo.png", help="where to write the picture (default: demo.png)")
+    p.add_argument("--out", default=None,
+                   help="where to write the picture (default: demo.png in the cache, ~/.cache/feather_mini)")
     p.add_argument("--json", action="store_true", help="print the table as JSON on stdout, kept indices included")
     p.add_argument("--max-new-tokens", type=cli.positive_int, default=32, help="answer length limit")
     p.add_argument("--repeats", type=cli.positive_int, default=5,
@@ -180,7 +164,7 @@ def main(args) -> int:
     methods = cli.parse_methods(args.methods)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty; leave it out for the default question")
-    out_png = cli.output_path(args.out)
+    out_png = cli.output_path(args.out, "demo.png")
     if args.image is not None:  # an empty --image is an error of load_image's, not the built-in scene
         image = load_image(args.image)  # errors name the file, before the weights load
         prompt, question = args.prompt if args.prompt is not None else "Describe the image.", None
@@ -218,8 +202,9 @@ def main(args) -> int:
     for r in rows:
         print(f"  {r['schedule']}")
     print(table(rows))
-    print(f"prefill = one forward over the prompt, vision tower included, median of {args.repeats}; time / none = "
-          "median of the per-round ratios; FLOPs red. = FastV's count for the decoder")
+    print(f"prefill = one forward over the prompt, vision tower included, median of {args.repeats}; time/none = "
+          "median of the per-round ratios, from this one run: it moves with the machine's load (`bench` measures "
+          "speed-ups); FLOPs red. = FastV's count for the decoder")
     cli.save_picture(picture, out_png)
     print(f"wrote {out_png}")
     return 0

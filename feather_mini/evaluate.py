@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import cli, pruning, synthetic
-from .model import load_pretrained
+from .checkpoint import load_pretrained
 from .processing import IMAGE_PLACEHOLDER, box_in_square, load_image
 
 KEYS = ("method", "layer", "flops_reduction", "loc_acc", "other_acc", "bottom_share",
@@ -134,6 +134,35 @@ def half(case: Case) -> str | None:
     return "top" if centre < 0.5 else "bottom" if centre > 0.5 else None
 
 
+@dataclass
+class Answer:
+    """One question answered under one schedule: the answer, its score and what pruning kept and saved."""
+    text: str
+    correct: bool | None  # None without a reference to score against
+    iou: float | None  # a box question: IoU of the answer's box with the target's (0.0 when no box could be read)
+    kept: dict[int, torch.Tensor]  # per stage's layer, the ORIGINAL visual-token indices kept (see Generation)
+    cells: dict[int, torch.Tensor]  # the same as grid cells (raster order; a CLS token, if any, is no cell)
+    flops_reduction: float  # FastV's count for this model's decoder and this prompt
+
+
+def answer(model, processor, image, question: str, schedule=None, reference=None, max_new_tokens: int = 32) -> Answer:
+    """Ask one question about one image under `schedule` (None: no pruning), greedily, and score it
+    against `reference` (anything with task, answer and box, as a Case or a synthetic.Question;
+    its box in the pixels of `image`). The one per-question step of eval, demo and the tutorial."""
+    image = load_image(image)
+    inputs = processor(image, question)
+    out = model.generate(inputs, max_new_tokens, schedule)
+    correct = iou = None
+    if reference is not None:
+        correct = synthetic.answer_correct(reference, out.text, image.size)
+        if reference.task == "loc":
+            box = synthetic.parse_box(out.text)
+            target = [round(v, 2) for v in box_in_square(reference.box, image.size)]
+            iou = synthetic.iou(box, target) if box else 0.0
+    return Answer(out.text, correct, iou, out.kept, {layer: processor.grid_cells(k) for layer, k in out.kept.items()},
+                  pruning.flops_reduction_of(model.config, inputs, out.kept))
+
+
 def accuracy(hits: list[bool]) -> tuple[float | None, float | None]:
     """(the share of hits, its binomial standard error sqrt(p (1 - p) / n)); (None, None) for no questions."""
     if not hits:
@@ -149,25 +178,19 @@ def evaluate(model, processor, cases: list[Case], method: str, schedule, progres
              max_new_tokens: int = 32) -> tuple[dict, list[int]]:
     """One row: generate an answer for every case under `schedule` and score it. Also returns how
     many kept visual tokens (first stage) fell in each row of the grid, over all cases."""
-    cfg, (rows, cols) = model.config.text_config, processor.grid_shape
+    rows, cols = processor.grid_shape
     loc, other, reduction = [], [], 0.0
     by_half: dict[str, list[bool]] = {"top": [], "bottom": []}
     per_row = torch.zeros(rows, dtype=torch.long)
     for i, case in enumerate(cases):
-        inputs = processor(case.image, case.question)
-        out = model.generate(inputs, max_new_tokens, pruning.reseeded(schedule, i))
-        hit = synthetic.answer_correct(case, out.text, case.size)
-        (loc if case.task == "loc" else other).append(hit)
+        result = answer(model, processor, case.image, case.question, pruning.reseeded(schedule, i), case, max_new_tokens)
+        (loc if case.task == "loc" else other).append(result.correct)
         target_half = half(case)
         if target_half is not None:
-            by_half[target_half].append(hit)
-        if out.kept:
-            first = out.kept[min(out.kept)]  # original indices kept at the first stage
-            cells = first[first >= processor.first_patch] - processor.first_patch  # CLS, if any, is no cell
-            per_row += torch.bincount(cells // cols, minlength=rows)
-        num_text = inputs.input_ids.shape[1] - inputs.num_visual_tokens
-        reduction += pruning.flops_reduction(out.kept, inputs.num_visual_tokens, num_text, cfg.num_hidden_layers,
-                                             cfg.hidden_size, cfg.intermediate_size)
+            by_half[target_half].append(result.correct)
+        if result.cells:
+            per_row += torch.bincount(result.cells[min(result.cells)] // cols, minlength=rows)  # the first stage
+        reduction += result.flops_reduction
         if progress:
             progress(i + 1)
     (loc_acc, loc_se), (other_acc, other_se) = accuracy(loc), accuracy(other)

@@ -17,22 +17,20 @@ import argparse
 import torch
 
 from . import cli, evaluate, pictures, pruning, synthetic
-from .model import load_pretrained
+from .checkpoint import load_pretrained
 
 
 def kept_frequency(model, processor, cases, schedule: pruning.Schedule, stage: int, progress=None) -> torch.Tensor:
     """(rows, cols) float: the share of `cases` in which each grid position survives the
     schedule's stage number `stage` (0 = first, -1 = last). Prefills only: nothing is generated."""
     rows, cols = processor.grid_shape
-    first_patch = processor.first_patch  # 1 when a CLS token comes first
     counts = torch.zeros(rows * cols)
     layer = schedule.layers[stage]
     with torch.inference_mode():
         for i, case in enumerate(cases):
             out = model(processor(case.image, case.question), schedule=pruning.reseeded(schedule, i),
                         logits_to_keep=1)
-            kept = out.kept[layer]
-            counts[kept[kept >= first_patch] - first_patch] += 1
+            counts[processor.grid_cells(out.kept[layer])] += 1
             if progress:
                 progress(i + 1)
     return (counts / len(cases)).view(rows, cols)
@@ -47,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=("first", "last"), default="first",
                    help="which stage's kept tokens to count, for the multistage methods (default: first)")
     cli.add_device_options(p)
-    p.add_argument("--out", default="heatmap.png", help="where to write the picture (default: heatmap.png)")
+    p.add_argument("--out", default=None,
+                   help="where to write the picture (default: heatmap.png in the cache, ~/.cache/feather_mini)")
 
 
 def main(args) -> int:
@@ -55,7 +54,7 @@ def main(args) -> int:
     if args.examples > synthetic.TEST_SIZE:
         raise ValueError(f"--examples must be between 1 and {synthetic.TEST_SIZE} (the test split), "
                          f"got {args.examples}")
-    out_png = cli.output_path(args.out)
+    out_png = cli.output_path(args.out, "heatmap.png")
     cases = evaluate.synthetic_cases(args.examples)
     model, processor = load_pretrained(args.weights, args.device, args.dtype)
     depth = model.config.text_config.num_hidden_layers

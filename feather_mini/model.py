@@ -1,4 +1,4 @@
-"""LLaVA-1.5 in one file: CLIP vision tower, projector, Llama decoder, KV cache, loading.
+"""LLaVA-1.5 in one file: CLIP vision tower, projector, Llama decoder, KV cache, generation.
 
 LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023) turns an
 image into N visual tokens with a CLIP ViT (Radford et al., 2021), maps them into the
@@ -9,8 +9,9 @@ Rotary position embeddings (RoPE, Su et al., 2021) are written out as two free f
 (Endo et al., ICCV 2025) score visual tokens both with and without them.
 
 Module attribute names equal llava-hf's checkpoint keys (`language_model.model.layers.N.
-self_attn.q_proj`, even CLIP's `pre_layrnorm`), so `load_pretrained` only rewrites the
-other prefix layouts transformers has written and is otherwise strict.
+self_attn.q_proj`, even CLIP's `pre_layrnorm`), so checkpoint.py's `load_pretrained` only
+rewrites the other prefix layouts transformers has written and is otherwise strict. This file
+is the network only: it imports nothing else of the package.
 
 Left out: dropout and other training-only options, padded batched generation, several
 images per prompt, LLaVA-NeXT's any-resolution tiles, RoPE scaling variants.
@@ -20,16 +21,11 @@ modeling_llava.py; tests/test_parity.py checks this file against them.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-
-from .processing import Processor, json_object, read_json  # processing.py imports nothing from here
 
 # -----------------------------------------------------------------------------
 # Configs: frozen dataclasses shaped like llava-hf's config.json; defaults = LLaVA-1.5-7B
@@ -115,46 +111,6 @@ class LlavaConfig:
         cls = 1 if self.vision_feature_select_strategy == "full" else 0
         return self.vision_config.grid_side ** 2 + cls
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> LlavaConfig:
-        path = Path(path)
-        return cls.from_dict(read_json(path), source=str(path))
-
-    @classmethod
-    def from_dict(cls, raw: dict, source: str = "config") -> LlavaConfig:
-        """A llava-hf config.json dict -> LlavaConfig; errors are prefixed with `source`."""
-        try:
-            return cls._from_dict(raw)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{source}: {e}") from None
-
-    @classmethod
-    def _from_dict(cls, raw: dict) -> LlavaConfig:
-        raw = json_object(raw, "the config")
-        # A missing or null section means the defaults; anything else must be an object.
-        text, vision = ({} if raw.get(k) is None else json_object(raw[k], k) for k in ("text_config", "vision_config"))
-        for where, d, expected in [("model_type", raw, "llava"), ("text_config.model_type", text, "llama"),
-                                   ("vision_config.model_type", vision, "clip_vision_model")]:
-            if d.get("model_type", expected) != expected:
-                raise ValueError(f"{where} is {d['model_type']!r}; this file implements {expected!r}")
-        text = dict(text)
-        # transformers 5 writes rope_parameters; earlier versions rope_theta and rope_scaling.
-        key = "rope_parameters" if text.get("rope_parameters") else "rope_scaling"
-        rope = json_object(text.get(key) or {}, f"text_config.{key}")
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"text_config RoPE type {rope_type!r} is not supported "
-                             "(only the default, unscaled RoPE of LLaVA-1.5)")
-        if "rope_theta" in rope:
-            text["rope_theta"] = rope["rope_theta"]
-        top = _known_fields(cls, raw)
-        if "image_token_id" in raw and "image_token_index" not in raw:
-            top["image_token_index"] = raw["image_token_id"]
-        # Old llava-hf configs stored the tie flag inside text_config.
-        top["tie_word_embeddings"] = raw.get("tie_word_embeddings") or text.get("tie_word_embeddings") or False
-        return cls(**top, vision_config=_section(VisionConfig, "vision_config", vision),
-                   text_config=_section(TextConfig, "text_config", text))
-
     def __post_init__(self):
         """Refuse, naming the field, settings this file does not implement."""
         layers = self.vision_config.num_hidden_layers
@@ -173,20 +129,6 @@ class LlavaConfig:
                           ("text_config.hidden_act", self.text_config.hidden_act)]:
             if act not in ACTIVATIONS:
                 raise ValueError(f"{name}={act!r} is not one of {sorted(ACTIVATIONS)}")
-
-
-def _known_fields(cls, raw: dict) -> dict:
-    """The entries of a config.json dict that `cls` declares (model_type, dtype... are ignored)."""
-    names = {f.name for f in fields(cls)} - {"vision_config", "text_config"}
-    return {k: v for k, v in raw.items() if k in names}
-
-
-def _section(cls, name: str, raw: dict):
-    """cls built from config.json's `name` section; its errors name the key as name.key."""
-    try:
-        return cls(**_known_fields(cls, raw))
-    except ValueError as e:
-        raise ValueError(f"{name}.{e}") from None
 
 
 # Layer counts beyond this are typos (Llama-3.1-405B has 126): building the modules of 100000
@@ -475,8 +417,8 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                 pruner=None, logits_to_keep: int = 0) -> torch.Tensor:
         """pruner (prefill only; see pruning.Pruner): `layers`, the set of layers before which
-        visual tokens are dropped, and `select(K, q, k, positions)` -> the rows that layers
-        K.. will see, decided from layer K-1's q and k (B, heads, T, hs) before RoPE.
+        visual tokens are dropped, and `select(K, q, k, positions, x)` -> the rows that layers
+        K.. will see, decided from layer K-1's q and k (B, heads, T, hs) before RoPE and its input x.
         logits_to_keep: 0 for every row's logits, k for the last k rows' only (as transformers'
         argument of that name): generation needs one row, and the lm_head over a 32k vocabulary
         costs as much as a few decoder layers when applied to every row."""
@@ -488,7 +430,7 @@ class LlamaForCausalLM(nn.Module):
                 # Pruning at layer K is decided from layer K-1's normed input through its q and k
                 # projections, before it runs; the layer then reuses them, so scoring costs no matmul.
                 qk = layer.self_attn.project_qk(layer.input_layernorm(x))
-                rows = pruner.select(i + 1, *qk, positions)
+                rows = pruner.select(i + 1, *qk, positions, x)
             x = layer(x, cos, sin, cache, i, qk)
             if rows is not None:
                 # Later layers see only these rows (text and kept visual tokens), at their ORIGINAL positions.
@@ -576,6 +518,7 @@ class Prefill:
     # visual tokens that survive it, as CPU int64 tensors; empty without a schedule.
     kept: dict[int, torch.Tensor] = field(default_factory=dict)
     pruning_seconds: float = 0.0  # time spent choosing tokens, measured only when forward is given a clock
+    loss: torch.Tensor | None = None  # 0-d: the next-token cross-entropy, when forward is given labels
 
 
 @dataclass
@@ -656,8 +599,9 @@ class LlavaForConditionalGeneration(nn.Module):
             raise ValueError(f"KVCache has {cache.num_layers} layers; the model has {layers}")
 
     def forward(self, inputs, cache: KVCache | None = None, schedule=None, logits_to_keep: int = 0,
-                clock=None) -> Prefill:
-        """Prefill: full-sequence logits (B, T', vocab), float32, and the visual tokens kept.
+                clock=None, labels: torch.Tensor | None = None) -> Prefill:
+        """Prefill: full-sequence logits (B, T', vocab), float32, and the visual tokens kept; the one
+        forward pass of training (with labels) and inference.
 
         `inputs` is what the processor returns (input_ids (B, T), pixel_values (B, 3, S, S) and,
         for pruning, visual_start). With a cache, it must be empty; it is filled.
@@ -666,6 +610,8 @@ class LlavaForConditionalGeneration(nn.Module):
         logits_to_keep=k > 0: only the last k rows' logits, (B, k, vocab).
         clock: a function returning seconds (the benchmark's); given, Prefill.pruning_seconds is
         the time spent choosing tokens.
+        labels (B, T): the token each position should be followed by at the next one, -100 where
+        nothing is learned (training: the prompt); Prefill.loss is their mean cross-entropy.
         """
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be 0 (every row) or a positive count, got {logits_to_keep}")
@@ -692,16 +638,21 @@ class LlavaForConditionalGeneration(nn.Module):
         self._check_input_ids(inputs.input_ids, inputs.pixel_values.shape[0], visual_start)
         input_ids = inputs.input_ids.to(self.device)
         features = self.patch_features(inputs.pixel_values.to(self.device, self.dtype))
+        visual_tokens = self.multi_modal_projector(features)
         pruner = None if schedule is None else schedule.pruner(N, (side, side), visual_start, text.rope_theta,
-                                                               features[0], clock)
+                                                               features[0], clock, visual_tokens[0])
         positions = torch.arange(T, device=self.device).expand(B, T)
-        h = self._splice(input_ids, self.multi_modal_projector(features))
+        h = self._splice(input_ids, visual_tokens)
         logits = self.language_model(h, positions, cache, pruner, logits_to_keep)
         if cache is not None:
             cache.length = T
+        loss = None
+        if labels is not None:  # position t predicts token t + 1
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
+                                   ignore_index=-100)
         if pruner is None:
-            return Prefill(logits.float())
-        return Prefill(logits.float(), pruner.kept, pruner.seconds)
+            return Prefill(logits.float(), loss=loss)
+        return Prefill(logits.float(), pruner.kept, pruner.seconds, loss)
 
     def decode_step(self, token_ids: torch.Tensor, cache: KVCache, check_ids: bool = True) -> torch.Tensor:
         """One new token per sequence (B, 1) after a prefill -> its logits (B, 1, vocab), float32.
@@ -733,7 +684,11 @@ class LlavaForConditionalGeneration(nn.Module):
             raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        self._check_context(inputs.input_ids.shape[1] + max_new_tokens - 1)
+        T, limit = inputs.input_ids.shape[1], self.config.text_config.max_position_embeddings
+        if T + max_new_tokens - 1 > limit:  # the last new token is never fed back
+            raise ValueError(f"{'the prompt is too long' if T > limit else 'too long an answer allowed'}: the prompt "
+                             f"takes {T} tokens with the image's {self.config.num_visual_tokens} visual tokens, plus "
+                             f"max_new_tokens {max_new_tokens}, over the model's context of {limit}")
         eos = self.config.text_config.eos_token_id
         eos = set(eos) if isinstance(eos, list) else {eos}
         cache = KVCache(self.config.text_config.num_hidden_layers, reserve=max_new_tokens - 1)
@@ -761,193 +716,3 @@ class LlavaForConditionalGeneration(nn.Module):
         if length > limit:
             raise ValueError(f"sequence of {length} tokens exceeds the model's context of {limit} "
                              "(text_config.max_position_embeddings)")
-
-# -----------------------------------------------------------------------------
-# Loading safetensors checkpoints
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder or file that does not match the model its config.json describes."""
-
-
-# Prefix rewrites from the layouts transformers has written to ours (= llava-hf's).
-# 4.52+ in memory and on disk: model.language_model.*, model.vision_tower.*, lm_head.*;
-# 5.x on disk: language_model.model.* but vision_tower.* without CLIP's vision_model level.
-_PREFIXES = [
-    ("model.language_model.", "language_model.model."),
-    ("model.vision_tower.", "vision_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-    ("lm_head.", "language_model.lm_head."),
-]
-# Buffers some checkpoints carry; this file recomputes them.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
-
-
-def canonical_key(key: str) -> str | None:
-    """A checkpoint key in any of the three layouts -> our module's key; None for a buffer we recompute."""
-    if key.endswith(_IGNORED_SUFFIXES):
-        return None
-    for old, new in _PREFIXES:
-        if key.startswith(old):
-            key = new + key[len(old):]
-            break
-    if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
-        key = "vision_tower.vision_model." + key[len("vision_tower."):]
-    return key
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder: one model.safetensors or the shards its index lists."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        raw = read_json(index)
-        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a 'weight_map' object)")
-        for key, shard in weight_map.items():
-            # Lexical check, not resolve(): a Hugging Face cache's files are symlinks into ../../blobs.
-            if not isinstance(shard, str) or not shard or Path(shard).is_absolute() or ".." in Path(shard).parts:
-                raise CheckpointError(f"{index}: weight_map entry '{key}' -> {shard!r} is not a file name "
-                                      f"inside {folder}")
-        shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{index} lists shard {missing[0]}, which is not in {folder}")
-        return [folder / s for s in shards]
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    pickles = sorted(p.name for p in folder.glob("*.bin"))
-    hint = (f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)"
-            if pickles else "")
-    raise CheckpointError(f"{folder}: no weights: expected model.safetensors or model.safetensors.index.json{hint}")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None/'cpu' -> CPU; 'auto' -> CUDA, else MPS, else CPU; 'cuda'/'mps' only where available."""
-    if device is None:
-        return torch.device("cpu")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {str(device)!r} is not a torch device ({str(e).splitlines()[0]})") from None
-    if device.type not in ("cpu", "cuda", "mps"):  # meta, xpu, hpu...: nothing here is tested on them
-        raise ValueError(f"device {str(device)!r} is not supported; expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(device)!r} requested but MPS is not available on this machine")
-    return device
-
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None -> float32 on CPU, float16 on CUDA and MPS."""
-    if dtype is None:
-        return torch.float32 if device.type == "cpu" else torch.float16
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
-
-
-def load_model(path: str | Path, device=None, dtype=None) -> LlavaForConditionalGeneration:
-    """Build the model config.json describes and fill it from safetensors, strictly.
-
-    Every tensor must be present with the shape the config implies, as finite floats, and
-    nothing else may be (apart from recomputed buffers such as rotary_emb.inv_freq); a tied
-    lm_head may be absent. Tensors go straight to `device` in `dtype`: the model is built on
-    the meta device, so a 7B checkpoint needs its own size in memory, not twice that.
-    """
-    folder = Path(path)
-    if folder.is_file():
-        raise NotADirectoryError(f"{folder} is a file; the weights are a checkpoint folder (config.json, safetensors)")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (a llava-hf style checkpoint folder needs one)")
-    config = LlavaConfig.from_json(folder / "config.json")
-    files = weight_files(folder)
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    try:
-        with torch.device("meta"):
-            model = LlavaForConditionalGeneration(config)
-    except (RuntimeError, TypeError) as e:  # a tensor of over 2**63 elements: torch cannot even describe it
-        raise CheckpointError(f"{folder / 'config.json'}: sizes too large for torch "
-                              f"({str(e).splitlines()[0]})") from None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state, origin = {}, {}
-    for file in files:
-        if not os.access(file, os.R_OK):  # safetensors would report "No such file or directory"
-            raise PermissionError(f"{file}: permission denied (cannot read the weights)")
-        try:
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for raw_key in f.keys():
-                    key = canonical_key(raw_key)
-                    if key is None:
-                        continue
-                    shape = tuple(f.get_slice(raw_key).get_shape())
-                    if key not in expected:
-                        raise CheckpointError(f"{file}: unexpected tensor '{raw_key}' {shape}: the model built "
-                                              "from config.json has no such parameter")
-                    if key in state:
-                        raise CheckpointError(f"{file}: tensor '{raw_key}' is a second copy of "
-                                              f"'{key}', already read from {origin[key]}")
-                    if shape != expected[key]:
-                        raise CheckpointError(f"{file}: tensor '{raw_key}' has shape {shape}, but config.json "
-                                              f"implies {expected[key]}")
-                    tensor = f.get_tensor(raw_key)
-                    if not tensor.is_floating_point():  # every parameter of this model is
-                        raise CheckpointError(f"{file}: tensor '{raw_key}' is stored as {tensor.dtype}; "
-                                              "the model's weights are floats")
-                    state[key] = tensor.to(device, dtype)
-                    # NaN or inf in the file, or a value past float16's 65504: the model would answer nonsense.
-                    if not torch.isfinite(state[key]).all():
-                        raise CheckpointError(f"{file}: tensor '{raw_key}' holds NaN or inf (as {dtype})")
-                    origin[key] = file
-        except SafetensorError as e:
-            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
-    tied = "language_model.lm_head.weight"
-    if config.tie_word_embeddings and tied not in state and "language_model.model.embed_tokens.weight" in state:
-        state[tied] = state["language_model.model.embed_tokens.weight"]
-    missing = [k for k in expected if k not in state]
-    if missing:
-        names = ", ".join(f"'{k}' {expected[k]}" for k in missing[:3])
-        raise CheckpointError(f"{folder}: {len(missing)} tensor(s) missing from {', '.join(f.name for f in files)}: "
-                              f"{names}{' ...' if len(missing) > 3 else ''}")
-    model.load_state_dict(state, strict=True, assign=True)
-    if config.tie_word_embeddings:  # assign=True replaced both Parameters; share one again
-        model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
-    return model.eval().requires_grad_(False)
-
-
-def load_pretrained(path: str | Path, device=None, dtype=None):
-    """(model, processor) from a folder with config.json, safetensors weights and tokenizer.json.
-
-    device: None/'cpu' (default), 'cuda', 'mps' or 'auto'; dtype: None (float32 on CPU,
-    float16 on GPUs), a torch dtype or its name. The model is in eval mode with gradients off.
-    """
-    model = load_model(path, device, dtype)
-    return model, Processor.from_pretrained(path, model.config)
-
-
-def shipped_weights(name: str = "feather-tiny") -> Path:
-    """A model shipped in weights/: inside the installed package (pyproject maps weights/ to
-    feather_mini/weights), or in the checkout beside it (an editable install, the tests)."""
-    here = Path(__file__).resolve().parent
-    installed, checkout = here / "weights" / name, here.parent / "weights" / name
-    return installed if installed.is_dir() else checkout
-
-
-SHIPPED_WEIGHTS = shipped_weights()  # feather-tiny (144 visual tokens): eval's, heatmap's and the tests' default
-WEIGHTS_576 = shipped_weights("feather-576")  # LLaVA-1.5's 576-token layout: the demo's default

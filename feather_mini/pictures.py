@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from .processing import grid_cells
 
 PANEL = 240  # px: one image or heatmap panel; 5 panels side by side fit a README page
 MARGIN = 12
@@ -93,10 +96,9 @@ def stages_survived(kept: dict, grid_shape: tuple[int, int], first_patch: int) -
     rows, cols = grid_shape
     survived = [[0] * cols for _ in range(rows)]
     for layer in sorted(kept):
-        for index in map(int, kept[layer]):
-            if index >= first_patch:
-                r, c = divmod(index - first_patch, cols)
-                survived[r][c] += 1
+        for cell in grid_cells(torch.as_tensor(kept[layer], dtype=torch.long), first_patch).tolist():
+            r, c = divmod(cell, cols)
+            survived[r][c] += 1
     return survived
 
 

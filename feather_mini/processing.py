@@ -156,6 +156,11 @@ def box_in_square(box, size: tuple[int, int]) -> tuple[float, ...]:
     return (x1 + dx) / side, (y1 + dy) / side, (x2 + dx) / side, (y2 + dy) / side
 
 
+def grid_cells(kept: torch.Tensor, first_patch: int) -> torch.Tensor:
+    """Original visual-token indices -> their grid cells (raster order); a CLS token (first_patch 1) is no cell."""
+    return kept[kept >= first_patch] - first_patch
+
+
 class Processor:
     """Turns (image, question) into `Inputs` for one model: its image size, patch grid,
     number of visual tokens and image token id."""
@@ -236,6 +241,9 @@ class Processor:
         start = starts[0]
         ids = ids[:start] + [self.image_token_index] * self.num_visual_tokens + ids[start + 1:]
         return torch.tensor([ids], dtype=torch.long), start
+
+    def grid_cells(self, kept: torch.Tensor) -> torch.Tensor:
+        return grid_cells(kept, self.first_patch)
 
     def control_tokens(self) -> list[str]:
         """The tokenizer's special tokens (<s>, </s>, <unk>, ...), the image placeholder aside."""

@@ -7,13 +7,13 @@ Read in this order:
    phi_original (FastV), phi_no_rope (the paper's phi_-R), phi_knn, phi_uniform and
    phi_ensemble (phi_-R + phi_uniform), as in the paper's Table 1.
 2. CRITERIA: one row per criterion (its paper symbol, whether it can only be a first stage,
-   its stride, how the Pruner calls it); the schedules and the Pruner read only this table,
-   so a new criterion is its function plus one row.
-3. Schedules: a Schedule is a tuple of Stages (layer, criterion, fraction kept), checked when
-   built. Presets (fastv, fastv_norope, knn, uniform, ensemble, random, pyramid_drop, feather) are
-   written for 32 decoder layers and scale to a model's depth; they print nothing (the
-   scaling is in the schedule's note). A Stage's criterion may also be a function of your
-   own, criterion(query, keys, budget) -> kept indices (see Stage).
+   its stride, how the Pruner calls it); the schedules and the Pruner read only this table.
+   A criterion of your own is a function select(inputs: StageInputs, count) -> indices,
+   given everything a stage knows; `register_criterion` adds its row (see there).
+3. Schedules: a Schedule is a tuple of Stages (layer, criterion, fraction or count kept),
+   checked when built. Presets (fastv, fastv_norope, knn, uniform, ensemble, random,
+   pyramid_drop, feather) are written for 32 decoder layers and scale to a model's depth;
+   they print nothing (the scaling is in the schedule's note).
 4. Pruner: what the model asks, once per prefill, which tokens survive each stage.
 5. FLOPs: FastV's per-layer count 4nd^2 + 2n^2d + 2ndm and the reduction it implies.
 
@@ -155,13 +155,18 @@ def phi_random(num_visual_tokens: int, budget: int, seed: int = 0) -> torch.Tens
 
 @dataclass(frozen=True)
 class StageInputs:
-    """What a criterion may read at one stage of one prefill (tensors before RoPE)."""
-    layer: int  # the stage's layer
+    """Everything a criterion may read at one stage of one prefill. Per-token tensors cover the n
+    visual tokens still present, in the order of `present`; q and k are before RoPE, from the
+    stage's layer K-1 (the layer whose input decides what layers K.. see)."""
+    layer: int  # the stage's layer K
     query: torch.Tensor  # (nh, hs): the last prompt token's q
     keys: torch.Tensor  # (n_kv, n, hs): the k of the n visual tokens still present
     query_position: torch.Tensor  # 0-d: the last prompt token's position id (read on the host only if needed)
     key_positions: torch.Tensor  # (n,): the present visual tokens' ORIGINAL position ids
-    features: torch.Tensor | None  # (N, C): the vision backbone's features of the N original visual tokens
+    present: torch.Tensor  # (n,) int64, on the CPU: their original indices 0..N-1 (raster order of the grid)
+    hidden: torch.Tensor | None  # (n, d): layer K-1's input hidden states (before its norm); None on a bare decoder
+    embeddings: torch.Tensor | None  # (n, d): their projected visual embeddings, the decoder's input for them
+    features: torch.Tensor | None  # (N, C): the vision backbone's features of ALL N original visual tokens
     grid_shape: tuple[int, int] | None  # (rows, cols) of the original visual tokens
     stride: int | None  # the stage's (or, from a fraction, the chosen) stride
     seed: int
@@ -204,10 +209,11 @@ class Criterion:
     symbol: str  # the paper's name, as a stage prints it
     select: Callable[[StageInputs, int], torch.Tensor] | None
     first_stage_only: bool = False  # defined on the original N tokens (the full grid, the vision features)
-    stride: str | None = None  # None: takes no stride; REQUIRED; OR_FRACTION: a stride or a fraction, exactly one
+    stride: str | None = None  # None: takes no stride; REQUIRED; OR_FRACTION: a stride or a size, exactly one
     unites_grid: bool = False  # its kept set is a union with the stride grid (the size depends on the image)
-    describe: str = "top {share} by {symbol}"  # how a stage prints; {share}: "25% of original"
+    describe: str = "top {share} by {symbol}"  # how a stage prints; {share}: "25% of original" or "36"
     seeded: bool = False  # draws at random with the stage's seed
+    own: bool = False  # someone's own (registered or a function): its indices are checked and sorted on every call
 
 
 CRITERIA = {
@@ -222,18 +228,35 @@ CRITERIA = {
 }
 
 
+BUILT_IN = frozenset(CRITERIA)
+
+
+def register_criterion(name: str, select: Callable[[StageInputs, int], torch.Tensor], symbol: str | None = None) -> None:
+    """Make `name` a criterion any Stage can use, at any stage: select(inputs, count) gets the
+    stage's StageInputs and returns `count` distinct indices among the inputs.present tokens (a
+    1-d int64 tensor, in any order: the Pruner sorts them, and names the criterion if they are
+    wrong). `symbol`: how a stage prints it (default: the name). Registering a name again
+    replaces it; the paper's criteria cannot be replaced."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a criterion's name must be a non-empty string, got {name!r}")
+    if name in BUILT_IN:
+        raise ValueError(f"{name!r} is a built-in criterion; register yours under another name")
+    if not callable(select):
+        raise TypeError(f"criterion {name!r}: select must be a function select(inputs, count), got {select!r}")
+    CRITERIA[name] = Criterion(symbol or name, select, own=True)
+
+
 def criterion_name(criterion) -> str:
     """A stage's criterion as text: its name, or a function's __name__."""
     return criterion if isinstance(criterion, str) else getattr(criterion, "__name__", repr(criterion))
 
 
 def criterion_row(criterion) -> Criterion:
-    """The table row of a criterion name. A function of one's own gets a row of its own (any stage,
-    no stride), called with (query, keys, count); an unknown name, one that only prints."""
+    """The table row of a criterion name. A function in a Stage is used as registered criteria are,
+    select(inputs, count), without a name in the table; an unknown name gets a row that only prints."""
     name = criterion_name(criterion)
     if callable(criterion):
-        symbol = CRITERIA[name].symbol if name in CRITERIA else name  # e.g. pruning.phi_no_rope itself
-        return Criterion(symbol, lambda s, n: criterion(s.query, s.keys, n))
+        return Criterion(name, criterion, own=True)
     return CRITERIA.get(name) or Criterion(name, None)
 
 
@@ -245,27 +268,28 @@ def criterion_row(criterion) -> Criterion:
 class Stage:
     """Prune before decoder layer `layer`: keep the visual tokens `criterion` ranks highest.
 
-    criterion: a name from CRITERIA, or a function of your own, called as
-    criterion(query, keys, budget) with the last prompt token's q (nh, hs) and the visual
-    tokens' k (n_kv, N, hs) of layer `layer`-1, both before RoPE, over the N visual tokens
-    still present; it returns the kept indices among those N: sorted, unique, int64, exactly
-    `budget` of them (the model checks, and names the function when they are not).
+    criterion: a name from CRITERIA (the paper's, or one given to register_criterion), or a
+    function select(inputs: StageInputs, count) -> the kept indices among the visual tokens
+    still present, `count` of them in any order (the Pruner checks them and names the function).
     fraction: the share of visual tokens kept (count = floor(fraction * base)), where base
     is the ORIGINAL number N (of_present=False) or the number still present (True).
+    count: how many visual tokens to keep, exactly; give a fraction or a count, not both.
     stride: the grid of phi_uniform and phi_ensemble. phi_uniform takes either a stride
-    or a fraction, which picks the stride whose grid is nearest that count.
+    or a size (fraction or count), which picks the stride whose grid is nearest that size.
     seed: phi_random's generator (the control); an evaluation gives each image its own.
     """
     layer: int
-    criterion: str | Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+    criterion: str | Callable[[StageInputs, int], torch.Tensor]
     fraction: float | None = None
     of_present: bool = False
     stride: int | None = None
     seed: int = 0
+    count: int | None = None
 
     def __str__(self) -> str:
         row = criterion_row(self.criterion)
-        share = f"{100 * self.fraction:g}% of {'present' if self.of_present else 'original'}" if self.fraction else ""
+        share = (f"{100 * self.fraction:g}% of {'present' if self.of_present else 'original'}" if self.fraction
+                 else f"{self.count}" if self.count else "")
         what = "the grid nearest {share}" if row.stride == OR_FRACTION and self.stride is None else row.describe
         return f"layer {self.layer}: " + what.format(share=share, symbol=row.symbol, stride=self.stride, seed=self.seed)
 
@@ -333,17 +357,18 @@ class Schedule:
         return bounds
 
     def pruner(self, num_visual_tokens: int, grid_shape: tuple[int, int] | None, visual_start: int,
-               rope_theta: float, features: torch.Tensor | None = None, clock=None) -> Pruner:
+               rope_theta: float, features: torch.Tensor | None = None, clock=None,
+               embeddings: torch.Tensor | None = None) -> Pruner:
         """A Pruner for one prefill (see Pruner), for a model this schedule has passed `check` against
         (the model checks first, so that a bad schedule fails before any compute)."""
-        return Pruner(self, num_visual_tokens, grid_shape, visual_start, rope_theta, features, clock)
+        return Pruner(self, num_visual_tokens, grid_shape, visual_start, rope_theta, features, clock, embeddings)
 
 
 def _check_stage(stage: Stage, where: str, previous: Stage | None) -> None:
     """One stage's own values, read against its criterion's row of CRITERIA."""
     if not callable(stage.criterion) and stage.criterion not in CRITERIA:
         raise ValueError(f"{where}: unknown criterion {stage.criterion!r}; expected one of {list(CRITERIA)} "
-                         "or a function criterion(query, keys, budget)")
+                         "(pruning.register_criterion adds one) or a function select(inputs, count)")
     row = criterion_row(stage.criterion)
     name = criterion_name(stage.criterion)
     if not is_int(stage.layer) or stage.layer < 1:
@@ -365,11 +390,18 @@ def _check_stage(stage: Stage, where: str, previous: Stage | None) -> None:
     if stage.of_present and row.first_stage_only:
         raise ValueError(f"{where}: of_present does not apply: {name} is a first stage, "
                          "where every visual token is present")
-    if row.stride == OR_FRACTION and (stage.stride is None) == (stage.fraction is None):
-        raise ValueError(f"{where}: {name} takes a stride or a fraction (exactly one), "
-                         f"got stride={stage.stride!r}, fraction={stage.fraction!r}")
-    if stage.fraction is None and row.stride != OR_FRACTION:
-        raise ValueError(f"{where}: fraction (the share of visual tokens kept) is required")
+    if stage.count is not None and (not is_int(stage.count) or stage.count < 1):
+        raise ValueError(f"{where}: count={stage.count!r} must be an int >= 1 (visual tokens kept)")
+    if stage.count is not None and stage.fraction is not None:
+        raise ValueError(f"{where}: give a fraction or a count of visual tokens kept, not both")
+    if stage.count is not None and stage.of_present:
+        raise ValueError(f"{where}: of_present applies to a fraction; a count is a number of tokens")
+    sized = stage.fraction is not None or stage.count is not None
+    if row.stride == OR_FRACTION and (stage.stride is None) == (not sized):
+        raise ValueError(f"{where}: {name} takes a stride or a size (a fraction or a count), exactly one; "
+                         f"got stride={stage.stride!r}, fraction={stage.fraction!r}, count={stage.count!r}")
+    if not sized and row.stride != OR_FRACTION:
+        raise ValueError(f"{where}: fraction (the share of visual tokens kept) or count is required")
     if stage.fraction is not None and (isinstance(stage.fraction, bool) or not isinstance(stage.fraction, (int, float))
                                        or not 0 < stage.fraction <= 1):
         raise ValueError(f"{where}: fraction={stage.fraction!r} must be a share in (0, 1] of the visual "
@@ -384,14 +416,17 @@ def stage_count(stage: Stage, num_visual_tokens: int, present: int, grid_shape: 
     """Visual tokens a stage keeps by its criterion (for phi_ensemble: its phi_-R part, before the union)."""
     if criterion_row(stage.criterion).stride == OR_FRACTION:
         return uniform_count(*grid_shape, stage_stride(stage, num_visual_tokens, grid_shape))
+    if stage.count is not None:
+        return stage.count
     return int((present if stage.of_present else num_visual_tokens) * stage.fraction)
 
 
 def stage_stride(stage: Stage, num_visual_tokens: int, grid_shape: tuple[int, int] | None) -> int | None:
-    """The stage's stride, or the one its fraction picks (phi_uniform); None for a criterion without a grid."""
-    if stage.stride is not None or stage.fraction is None or criterion_row(stage.criterion).stride != OR_FRACTION:
+    """The stage's stride, or the one its size picks (phi_uniform); None for a criterion without a grid."""
+    if stage.stride is not None or criterion_row(stage.criterion).stride != OR_FRACTION:
         return stage.stride
-    return stride_for_budget(*grid_shape, int(num_visual_tokens * stage.fraction))
+    size = stage.count if stage.count is not None else int(num_visual_tokens * stage.fraction)
+    return stride_for_budget(*grid_shape, size)
 
 
 def reseeded(schedule: Schedule | None, seed: int) -> Schedule | None:
@@ -491,8 +526,9 @@ class Pruner:
     """Asked by the decoder loop, once per stage, which rows of the sequence survive.
 
     Built for one prefill, with what its criteria may need: the vision backbone's `features`
-    (N, C) of this image (phi_KNN's input; None on a bare decoder) and the visual span, which
-    starts at `visual_start` and stays contiguous; text tokens are never dropped. Tracks
+    (N, C) of this image (phi_KNN's input) and the projector's output, `embeddings` (N, d)
+    (both None on a bare decoder), and the visual span, which starts at `visual_start` and
+    stays contiguous; text tokens are never dropped. Tracks
     `present`, the original indices (0..N-1) of the visual tokens still in the sequence, and
     records `kept[layer]` after each stage.
     clock: a function returning seconds (the benchmark's, which waits for the GPU); given, the
@@ -501,34 +537,37 @@ class Pruner:
 
     def __init__(self, schedule: Schedule, num_visual_tokens: int, grid_shape: tuple[int, int] | None,
                  visual_start: int, rope_theta: float, features: torch.Tensor | None = None,
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, embeddings: torch.Tensor | None = None):
         self.num_visual_tokens, self.grid_shape, self.visual_start = num_visual_tokens, grid_shape, visual_start
-        self.rope_theta, self.features, self.clock = rope_theta, features, clock
+        self.rope_theta, self.features, self.clock, self.embeddings = rope_theta, features, clock, embeddings
         self.stages = {s.layer: s for s in schedule.stages}
         self.layers = set(self.stages)  # the decoder loop asks before every layer
         self.present = torch.arange(num_visual_tokens)
         self.kept: dict[int, torch.Tensor] = {}
         self.seconds = 0.0
 
-    def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def select(self, layer: int, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+               hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Rows (T',) of the current sequence that layer `layer` and later ones will see.
 
         q (1, nh, T, hs), k (1, n_kv, T, hs): layer `layer`-1's projections of its normed
         input, before RoPE, over the whole sequence as the authors' code computes them (one
         row alone would go through a different matmul kernel and could differ in the last
         bit, which can swap near-tied tokens). positions (1, T): original position ids.
+        hidden (1, T, d): layer `layer`-1's input, for criteria of one's own.
         """
         start_time = self.clock() if self.clock else 0.0
         n, start, T = len(self.present), self.visual_start, q.shape[2]
         stage = self.stages[layer]
         visual = slice(start, start + n)
-        inputs = StageInputs(layer, q[0, :, -1], k[0, :, visual], positions[0, -1], positions[0, visual],
-                             self.features, self.grid_shape, stage_stride(stage, self.num_visual_tokens,
-                                                                          self.grid_shape),
-                             stage.seed, self.rope_theta)
+        embeddings = None if self.embeddings is None else self.embeddings[self.present.to(self.embeddings.device)]
+        inputs = StageInputs(layer, q[0, :, -1], k[0, :, visual], positions[0, -1], positions[0, visual], self.present,
+                             None if hidden is None else hidden[0, visual], embeddings, self.features, self.grid_shape,
+                             stage_stride(stage, self.num_visual_tokens, self.grid_shape), stage.seed, self.rope_theta)
         count = stage_count(stage, self.num_visual_tokens, n, self.grid_shape)
-        idx = criterion_row(stage.criterion).select(inputs, count)
-        if callable(stage.criterion):  # built-in criteria are tested; one's own is checked on every call
+        row = criterion_row(stage.criterion)
+        idx = row.select(inputs, count)
+        if row.own:  # built-in criteria are tested; one's own is checked on every call
             idx = checked_indices(stage, idx, n, count)
         idx = idx.to(q.device)
         self.present = self.present[idx.cpu()]
@@ -541,7 +580,7 @@ class Pruner:
 
 
 def checked_indices(stage: Stage, kept, present: int, count: int) -> torch.Tensor:
-    """What a criterion function of one's own returned, checked: the decoder gathers rows by it,
+    """What a criterion of one's own returned, checked and sorted: the decoder gathers rows by it,
     so a wrong index would silently keep the wrong tokens."""
     where = f"layer {stage.layer}: criterion {criterion_name(stage.criterion)}"
     if not torch.is_tensor(kept) or kept.dtype != torch.int64 or kept.ndim != 1:
@@ -549,8 +588,14 @@ def checked_indices(stage: Stage, kept, present: int, count: int) -> torch.Tenso
         raise ValueError(f"{where} returned a {what}; expected a 1-d int64 tensor of kept indices")
     if len(kept) != count:
         raise ValueError(f"{where} returned {len(kept)} indices; the stage keeps exactly {count}")
-    if count and (kept[0] < 0 or kept[-1] >= present or (kept.diff() <= 0).any()):
-        raise ValueError(f"{where} returned {kept.tolist()}: expected sorted, unique indices in [0, {present})")
+    kept = kept.sort().values
+    outside = kept[(kept < 0) | (kept >= present)]
+    if len(outside):
+        raise ValueError(f"{where} returned index {outside[0].item()}, outside the {present} visual tokens "
+                         f"present (0..{present - 1})")
+    repeated = kept[1:][kept.diff() == 0]
+    if len(repeated):
+        raise ValueError(f"{where} returned index {repeated[0].item()} more than once")
     return kept
 
 
@@ -593,3 +638,10 @@ def flops_reduction(kept, num_visual_tokens: int, num_text: int, num_layers: int
     LLaVA-7B sizes, 729 visual and 10 text tokens: fastv at K=3 gives 0.677, at K=8 0.561."""
     sizes = (num_visual_tokens, num_text, num_layers, hidden, mlp)
     return 1 - prefill_flops(kept, *sizes) / prefill_flops(None, *sizes)
+
+
+def flops_reduction_of(config, inputs, kept) -> float:
+    """flops_reduction for one prompt (the processor's Inputs) on a model of `config` (a LlavaConfig)."""
+    text = config.text_config
+    return flops_reduction(kept, inputs.num_visual_tokens, inputs.input_ids.shape[1] - inputs.num_visual_tokens,
+                           text.num_hidden_layers, text.hidden_size, text.intermediate_size)

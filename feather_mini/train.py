@@ -1,4 +1,5 @@
-"""Train the tiny LLaVA that ships in weights/, on synthetic scenes (synthetic.py).
+"""Train the tiny LLaVAs that ship in weights/, on synthetic scenes (synthetic.py); with
+--preset smol, the LoRA delta of feather-smol on the pretrained SmolLM2 decoder (smol.py).
 
 It trains the very classes of model.py, end to end, from scratch or (--init-from) from a
 saved model, on multi-turn chats: each chat is one scene and a few different questions about
@@ -25,17 +26,17 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 
-from . import cli, synthetic
-from .model import LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig, shipped_weights
-from .processing import CLIP_MEAN, CLIP_STD, Processor
+from . import cli, smol, synthetic
+from .checkpoint import (cache_dir, load_checkpoint, read_tensors, resolve_device, save_checkpoint, save_config_files,
+                         save_pretrained, shipped_weights, trained_parameters)
+from .model import LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig
+from .processing import Inputs, Processor
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
 IMAGE_TOKEN = "<image>"
@@ -44,7 +45,7 @@ IMAGE_TOKEN = "<image>"
 # The model and its tokenizer
 
 
-MODEL_PRESETS = ("shipped", "576", "test")
+MODEL_PRESETS = ("shipped", "576", "test", "smol")
 
 
 def model_config(preset: str, vocab_size: int) -> LlavaConfig:
@@ -73,7 +74,8 @@ def model_config(preset: str, vocab_size: int) -> LlavaConfig:
         text = TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=8,
                           num_attention_heads=2, max_position_embeddings=256)
     else:
-        raise ValueError(f"unknown model preset {preset!r}; expected one of {', '.join(MODEL_PRESETS)}")
+        raise ValueError(f"unknown model preset {preset!r}; expected one of {', '.join(MODEL_PRESETS[:3])} "
+                         "(smol: smol_config)")
     # Every ViT layer feeds the projector (-1): LLaVA's -2 would leave the last layer untrained.
     return LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab_size - 1,
                        vision_feature_layer=-1)
@@ -124,34 +126,14 @@ def sincos_2d(side: int, dim: int) -> torch.Tensor:
     return torch.cat([rows, cols], dim=-1).reshape(side * side, dim)
 
 
-def save_pretrained(model: LlavaForConditionalGeneration, tokenizer: Tokenizer, folder: Path) -> None:
-    """A llava-hf checkpoint folder: config.json, model.safetensors (llava-hf key layout),
-    tokenizer.json and preprocessor_config.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
-    text, vision = asdict(cfg.text_config), asdict(cfg.vision_config)
-    config = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
-              **{k: v for k, v in asdict(cfg).items() if k not in ("text_config", "vision_config")},
-              "text_config": {"model_type": "llama", **text}, "vision_config": {"model_type": "clip_vision_model", **vision},
-              "torch_dtype": "float32"}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save(str(folder / "tokenizer.json"))
-    S = cfg.vision_config.image_size
-    pre = {"image_processor_type": "CLIPImageProcessor", "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-           "size": {"shortest_edge": S}, "crop_size": {"height": S, "width": S}, "do_resize": True,
-           "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_convert_rgb": True}
-    (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
-
 # -----------------------------------------------------------------------------
 # Data: one step's chats as padded tensors
 
 
-def encode_chat(processor: Processor, chat: list[synthetic.Question]) -> tuple[list[int], list[int]]:
-    """Token ids of a multi-turn LLaVA-1.5 chat and its labels (-100 except on answers and their </s>).
+def encode_chat(processor: Processor, chat: list[synthetic.Question], eos: int) -> tuple[list[int], list[int]]:
+    """Token ids of a multi-turn LLaVA-1.5 chat and its labels (-100 except on answers and their eos).
     The first turn is exactly the processor's prompt, as at inference."""
-    tok, eos = processor.tokenizer, processor.tokenizer.token_to_id("</s>")
+    tok = processor.tokenizer
     ids, _ = processor.input_ids(chat[0].question)
     ids = ids[0].tolist()
     labels = [-100] * len(ids)
@@ -160,7 +142,8 @@ def encode_chat(processor: Processor, chat: list[synthetic.Question]) -> tuple[l
             prompt = tok.encode(f"USER: {q.question} ASSISTANT:", add_special_tokens=False).ids
             ids += prompt
             labels += [-100] * len(prompt)
-        answer = tok.encode(q.answer, add_special_tokens=False).ids + [eos]
+        # " answer": a BPE tokenizer's word-initial tokens carry the space (a word-level one ignores it).
+        answer = tok.encode(" " + q.answer, add_special_tokens=False).ids + [eos]
         ids += answer
         labels += answer
     return ids, labels
@@ -175,27 +158,27 @@ def objects_at(step: int, max_objects: int, curriculum: int) -> int:
 
 
 def make_batch(processor: Processor, step: int, seed: int, batch: int, turns: int, max_objects: int,
-               lookalike: float = 0.0):
-    """(pixel_values, input_ids, labels) for one step; right-padded, which a causal decoder never sees."""
+               lookalike: float, eos: int) -> tuple[Inputs, torch.Tensor]:
+    """(inputs, labels) for one step; right-padded, which a causal decoder never sees.
+    eos: the id that ends each answer (text_config.eos_token_id: </s>, or SmolLM2's <|im_end|>)."""
     rng = random.Random(f"train:{seed}:{step}")
     pixels, rows = [], []
     for _ in range(batch):
         scene, chat = synthetic.training_chat(rng, turns, max_objects=max_objects, lookalike=lookalike)
         pixels.append(processor.pixel_values(scene.image()))
-        rows.append(encode_chat(processor, chat))
+        rows.append(encode_chat(processor, chat, eos))
     T = max(len(ids) for ids, _ in rows)
-    eos = processor.tokenizer.token_to_id("</s>")
     input_ids = torch.tensor([ids + [eos] * (T - len(ids)) for ids, _ in rows])
     labels = torch.tensor([lab + [-100] * (T - len(lab)) for _, lab in rows])
-    return torch.stack(pixels), input_ids, labels
+    _, start = processor.input_ids(chat[0].question)  # every chat opens with the same prompt head
+    return Inputs(input_ids, torch.stack(pixels), start, processor.num_visual_tokens, processor.grid_shape), labels
 
 
-def loss_on(model: LlavaForConditionalGeneration, pixels, input_ids, labels) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens of the batch."""
-    h = model.embed(input_ids, model.image_features(pixels))
-    B, T = input_ids.shape
-    logits = model.language_model(h, torch.arange(T).expand(B, T))
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+def loss_on(model: LlavaForConditionalGeneration, inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens of the batch, through the model's one
+    forward (in bfloat16 autocast on CUDA)."""
+    with torch.autocast("cuda", torch.bfloat16, enabled=model.device.type == "cuda"):
+        return model(inputs, labels=labels).loss
 
 
 def make_processor(tokenizer: Tokenizer, config: LlavaConfig) -> Processor:
@@ -205,19 +188,20 @@ def make_processor(tokenizer: Tokenizer, config: LlavaConfig) -> Processor:
 
 
 def make_optimizer(model: LlavaForConditionalGeneration, lr: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on the matrices only (not on biases and norms)."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    """AdamW over the trained parameters, with weight decay on the matrices only (not on biases and norms)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                              lr=lr, betas=(0.9, 0.98))
 
 
 def train_step(model: LlavaForConditionalGeneration, optimizer, batch) -> float:
-    """One optimizer step on (pixel_values, input_ids, labels), gradients clipped to norm 1; the loss."""
+    """One optimizer step on (inputs, labels), gradients clipped to norm 1; the loss."""
     loss = loss_on(model, *batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     optimizer.step()
     return loss.item()
 
@@ -242,8 +226,8 @@ def position_probe(model, processor, n: int = 40, seed: int = 0) -> dict[str, fl
     features? Least squares onto one-hot rows/columns, fitted on 3/4 of the tokens of n 'val'
     scenes, accuracy on the rest (chance: 1 / grid). Boxes need both; a learning rate that is too
     high wipes them out within a few hundred steps while the loss still falls (see --lr)."""
-    x = torch.cat([model.patch_features(processor.pixel_values(synthetic.example("val", i, seed).scene.image())[None])[0]
-                   for i in range(n)]).float()
+    pixels = [processor.pixel_values(synthetic.example("val", i, seed).scene.image())[None] for i in range(n)]
+    x = torch.cat([model.patch_features(p.to(model.device))[0] for p in pixels]).float().cpu()
     x = torch.cat([(x - x.mean(0)) / (x.std(0) + 1e-6), torch.ones(len(x), 1)], dim=1)
     cols = processor.grid_shape[1]
     index = torch.arange(x.shape[0] // n).repeat(n)
@@ -256,7 +240,7 @@ def position_probe(model, processor, n: int = 40, seed: int = 0) -> dict[str, fl
     return accuracy
 
 # -----------------------------------------------------------------------------
-# Checkpoints: model and AdamW state in one safetensors file, the rest in JSON
+# Warm starts (--init-from): a smaller saved model grown into this one
 
 
 def load_weights(model: LlavaForConditionalGeneration, folder: Path) -> None:
@@ -266,7 +250,7 @@ def load_weights(model: LlavaForConditionalGeneration, folder: Path) -> None:
     file = folder / "model.safetensors"
     if not file.is_file():
         raise FileNotFoundError(f"--init-from: no model.safetensors in {folder}")
-    tensors, expected = grow(load_file(str(file)), model.config), model.state_dict()
+    tensors, expected = grow(read_tensors(file), model.config), model.state_dict()
     unmatched = sorted(set(tensors) ^ set(expected))
     if unmatched:
         key = unmatched[0]
@@ -311,49 +295,6 @@ def grow(tensors: dict[str, torch.Tensor], config: LlavaConfig) -> dict[str, tor
     return out
 
 
-def save_checkpoint(folder: Path, model, optimizer, step: int, args: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    for i, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"optim/{i}/{name}"] = torch.as_tensor(value).contiguous()
-    tmp = folder / "state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "state.safetensors")  # never leave a half-written checkpoint behind
-    (folder / "state.json").write_text(json.dumps({"step": step, "args": args}, indent=2) + "\n")
-
-
-ADDED_SETTINGS = {"lookalike": 0.0, "init_from": None}  # settings added after the first checkpoints were written
-
-
-def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
-    """Restore model and optimizer; return the last completed step. Refuses a checkpoint of
-    another configuration (naming the setting), since resuming it would mix two runs."""
-    meta_file, tensor_file = folder / "state.json", folder / "state.safetensors"
-    if not meta_file.is_file() or not tensor_file.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected state.json and state.safetensors)")
-    meta = json.loads(meta_file.read_text())
-    for key in (k for k in args if k != "steps"):  # every setting but --steps, which is checked below
-        saved = meta["args"].get(key, ADDED_SETTINGS.get(key))  # checkpoints older than a setting: its default
-        if saved != args.get(key):
-            raise ValueError(f"--resume: {folder} was trained with {key}={saved!r}, "
-                             f"this run asks for {key}={args.get(key)!r}")
-    # --steps may change only while every step done so far had a learning rate that does not
-    # depend on it: in the warm-up, or before the decay of both the old and the new --steps.
-    old_steps, done = meta["args"]["steps"], meta["step"] + 1
-    if args["steps"] != old_steps and done > max(args["warmup"], int(0.8 * min(old_steps, args["steps"]))):
-        raise ValueError(f"--resume: {folder} is at step {done}, past the start of the learning-rate decay of "
-                         f"--steps {min(old_steps, args['steps'])}; resume it with --steps {old_steps}")
-    tensors = load_file(str(tensor_file))
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
-    state = optimizer.state_dict()
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, i, name = key.split("/")
-            state["state"].setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict(state)
-    return meta["step"]
-
 # -----------------------------------------------------------------------------
 # The training loop
 
@@ -369,54 +310,98 @@ def learning_rate(step: int, args) -> float:
     return args.lr * (1 - 0.9 * (step - decay_start) / max(1, args.steps - decay_start))
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Step s -> its batch, so that a DataLoader's workers can make the next steps' batches while the
+    GPU trains; each is drawn from its own step's seed, so workers change nothing in the data."""
+
+    def __init__(self, processor: Processor, args, eos: int):
+        self.processor, self.args, self.eos = processor, args, eos
+
+    def __len__(self) -> int:
+        return self.args.steps
+
+    def __getitem__(self, step: int):
+        a = self.args
+        objects = objects_at(step, a.max_objects, a.curriculum)
+        return make_batch(self.processor, step, a.seed, a.batch, a.turns, objects, a.lookalike, self.eos)
+
+
+def build_model(args) -> tuple[LlavaForConditionalGeneration, Tokenizer]:
+    """The preset's model, weights drawn from --seed (then --init-from, for the small presets; the
+    smol preset reads feather-576's vision tower and the --base decoder and adds LoRA adapters)."""
+    if args.preset == "smol":
+        return smol.build(Path(args.base), args.seed, args.lora_rank, args.lora_alpha, init_weights)
+    tokenizer = make_tokenizer()
+    model = LlavaForConditionalGeneration(model_config(args.preset, tokenizer.get_vocab_size()))
+    init_weights(model, args.seed)
+    if args.init_from and not args.resume:  # a resumed run takes its weights from the checkpoint
+        load_weights(model, Path(args.init_from))
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, out: Path, args) -> None:
+    """The output folder: a llava-hf checkpoint, or for the smol preset the delta on its base."""
+    if args.preset == "smol":
+        smol.save_delta(model, tokenizer, out, Path(args.base), args.lora_rank, args.lora_alpha, save_config_files)
+    else:
+        save_pretrained(model, tokenizer, out)
+
+
 def train(args) -> list[float]:
     """Run (or resume) training; returns the loss of every step run in this call."""
     if args.threads:
         torch.set_num_threads(args.threads)
     out, ckpt = Path(args.out), Path(args.out) / "checkpoint"
     check_out(out, args.resume)
-    tokenizer = make_tokenizer()
-    config = model_config(args.preset, tokenizer.get_vocab_size())
-    model = LlavaForConditionalGeneration(config)
-    init_weights(model, args.seed)
-    if args.init_from and not args.resume:  # a resumed run takes its weights from the checkpoint
-        load_weights(model, Path(args.init_from))
+    device = resolve_device(args.device)
+    model, tokenizer = build_model(args)
+    config = model.config
     processor = make_processor(tokenizer, config)
+    model.to(device)
     optimizer = make_optimizer(model, args.lr)
     settings = {k: getattr(args, k) for k in ("preset", "seed", "batch", "turns", "max_objects", "curriculum", "lr",
                                                "warmup", "steps", "lookalike")}
     # Resolved, so that "runs/a" and "./runs/a" are one setting on --resume.
     settings["init_from"] = str(Path(args.init_from).resolve()) if args.init_from else None
+    if args.preset == "smol":
+        settings.update(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                        base_sha256=smol.read_base_source(Path(args.base)).get("sha256"))
     if not args.resume and (ckpt / "state.json").is_file():
         step = json.loads((ckpt / "state.json").read_text())["step"] + 1
         raise ValueError(f"{ckpt} already holds a checkpoint (step {step}): pass --resume to continue it, "
                          "or choose another --out")
     start = load_checkpoint(ckpt, model, optimizer, settings) + 1 if args.resume else 0
     params = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in trained_parameters(model).values())
     side = config.vision_config.grid_side
-    print(f"train: {args.preset} model, {params / 1e6:.2f} M parameters, grid {side}x{side}, "
-          f"steps {start}..{args.steps - 1}, batch {args.batch} chats of <= {args.turns} questions, lr {args.lr:g}, "
-          f"curriculum {args.curriculum}, lookalike {args.lookalike:g}, "
-          f"from {settings['init_from'] or 'random weights'}, seed {args.seed}, {torch.get_num_threads()} threads",
-          flush=True)
+    print(f"train: {args.preset} model, {params / 1e6:.2f} M parameters ({trained / 1e6:.2f} M trained), "
+          f"grid {side}x{side}, steps {start}..{args.steps - 1}, batch {args.batch} chats of <= {args.turns} questions, "
+          f"lr {args.lr:g}, curriculum {args.curriculum}, lookalike {args.lookalike:g}, "
+          f"from {settings['init_from'] or (args.base if args.preset == 'smol' else 'random weights')}, "
+          f"seed {args.seed}, {device}, {torch.get_num_threads()} threads, {args.workers} data workers", flush=True)
     losses, t0, log = [], time.time(), out / "train_log.jsonl"
+    if args.workers:  # the tokenizer's own threads would deadlock in forked workers; it says so and stops using them
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # batch_size=None: each item is already a step's batch; the sampler yields the steps still to run.
+    batches = torch.utils.data.DataLoader(StepBatches(processor, args, config.text_config.eos_token_id),
+                                          batch_size=None, sampler=range(start, args.steps),
+                                          num_workers=args.workers)
     model.train()
-    for step in range(start, args.steps):
+    for step, batch in zip(range(start, args.steps), batches):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
-        objects = objects_at(step, args.max_objects, args.curriculum)
-        batch = make_batch(processor, step, args.seed, args.batch, args.turns, objects, args.lookalike)
         losses.append(train_step(model, optimizer, batch))
         done = step + 1
-        if done % args.log_every == 0 or done == args.steps:
+        if done % args.log_every == 0 or done in (start + 1, args.steps):  # the first: seconds a step, early
             elapsed = time.time() - t0
             eta = elapsed / (done - start) * (args.steps - done)
+            objects = objects_at(step, args.max_objects, args.curriculum)
             print(f"step {done}/{args.steps} | objects <= {objects} | loss {sum(losses[-args.log_every:]) / len(losses[-args.log_every:]):.4f} "
                   f"| lr {learning_rate(step, args):.2e} | {elapsed / (done - start):.2f} s/step "
                   f"| elapsed {_hms(elapsed)} | ETA {_hms(eta)}", flush=True)
         if done % args.checkpoint_every == 0 or done == args.steps:
             save_checkpoint(ckpt, model, optimizer, step, settings)
-            save_pretrained(model, tokenizer, out)
+            save_model(model, tokenizer, out, args)
             record = {"step": done, "loss": losses[-1], "elapsed_s": round(time.time() - t0, 1)}
             if args.val:
                 model.eval()
@@ -462,7 +447,15 @@ def _hms(seconds: float) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: the checkpoint load_pretrained reads, plus checkpoint/")
     p.add_argument("--preset", default="shipped", choices=MODEL_PRESETS,
-                   help="model size: shipped (feather-tiny), 576 (feather-576) or test")
+                   help="model: shipped (feather-tiny), 576 (feather-576), test, or smol (feather-smol: "
+                        "feather-576's vision tower on the pretrained SmolLM2 decoder, adapted with LoRA)")
+    p.add_argument("--base", default=None, metavar="DIR",
+                   help="smol preset: the SmolLM2 text checkpoint (default: where `fetch smollm2` puts it)")
+    p.add_argument("--lora-rank", type=cli.positive_int, default=16, help="smol preset: the adapters' rank")
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="smol preset: adapters scaled by alpha / rank")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (bfloat16 autocast on CUDA)")
+    p.add_argument("--workers", type=cli.at_least(0), default=0,
+                   help="processes making the next steps' batches while this one trains (0: in this process)")
     p.add_argument("--steps", type=cli.positive_int, default=12000, help="total optimizer steps (default 12000)")
     p.add_argument("--batch", type=cli.positive_int, default=8, help="chats (scenes) per step")
     p.add_argument("--turns", type=cli.positive_int, default=4, help="questions per chat, before the optional caption")
@@ -495,5 +488,7 @@ def main(args) -> int:
         raise ValueError(f"--lookalike must be a share between 0 and 1, got {args.lookalike}")
     if not 1 <= args.max_objects <= synthetic.MAX_OBJECTS:
         raise ValueError(f"--max-objects must be between 1 and {synthetic.MAX_OBJECTS}, got {args.max_objects}")
+    if args.preset == "smol" and args.base is None:
+        args.base = str(cache_dir() / smol.BASE_NAME)
     train(args)
     return 0

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from feather_mini import SHIPPED_WEIGHTS, evaluate, pruning
-from feather_mini.model import load_pretrained
+from feather_mini import load_pretrained
 from feather_mini.pruning import Schedule, Stage
 
 LAYERS = 8

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 
 from feather_mini import synthetic, train
-from feather_mini.model import LlavaForConditionalGeneration
+from feather_mini import LlavaForConditionalGeneration
 
 DECODERS = [(8, 4), (16, 4), (8, 1), (16, 1)]  # (layers, heads) at width 128: heads of 32 or one head of 128
 WARMUP, TIMED = 2, 4
@@ -34,7 +34,7 @@ def step_seconds(layers: int, heads: int) -> tuple[int, float]:
     times = []
     for step in range(WARMUP + TIMED):
         t0 = time.perf_counter()
-        train.train_step(model, optimizer, train.make_batch(processor, step, 0, 8, 8, synthetic.MAX_OBJECTS, 0.5))
+        train.train_step(model, optimizer, train.make_batch(processor, step, 0, 8, 8, synthetic.MAX_OBJECTS, 0.5, config.text_config.eos_token_id))
         times.append(time.perf_counter() - t0)
     return sum(p.numel() for p in model.parameters()), statistics.median(times[WARMUP:])
 

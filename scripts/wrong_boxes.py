@@ -22,7 +22,7 @@ from collections import Counter
 import torch
 
 from feather_mini import synthetic
-from feather_mini.model import load_pretrained
+from feather_mini import load_pretrained
 from feather_mini.processing import box_in_square
 
 QUESTIONS = 200

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import feather_mini as fm
-from feather_mini.model import TextConfig, VisionConfig, resolve_device
+from feather_mini.checkpoint import resolve_device
+from feather_mini.model import TextConfig, VisionConfig
 from conftest import config_of, read_tensors, write_tensors
 
 Q_PROJ = "language_model.model.layers.1.self_attn.q_proj.weight"

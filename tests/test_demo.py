@@ -120,12 +120,14 @@ def test_demo_png_size(demo_json):
 
 
 def test_demo_is_the_default_command(tmp_path, monkeypatch, capsys):
-    """`python -m feather_mini --methods none` runs the demo and writes demo.png in the current folder."""
+    """`python -m feather_mini --methods none` runs the demo and writes demo.png in the cache folder, not in
+    the current one (a checkout's root would show it as an untracked file), and says where."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEATHER_MINI_CACHE", str(tmp_path / "cache"))
     code, out, err = run_cli(["--methods", "none", "--repeats", "1"], capsys)
     assert code == 0, err
-    assert "Where is the yellow circle?" in out and out.rstrip().endswith("wrote demo.png")
-    assert (tmp_path / "demo.png").is_file()
+    assert "Where is the yellow circle?" in out and out.rstrip().endswith(f"wrote {tmp_path / 'cache' / 'demo.png'}")
+    assert (tmp_path / "cache" / "demo.png").is_file() and not (tmp_path / "demo.png").exists()
 
 
 def test_demo_own_question_about_builtin_scene_is_scored(tmp_path, capsys):
@@ -204,15 +206,15 @@ def test_error_device_not_available(tmp_path, capsys):
 def test_error_prompt_too_long(tmp_path, capsys):
     """A prompt past feather-576's 1024-token context: the count and the limit are named."""
     err = error_line(["demo", "--prompt", "red " * 450, "--out", str(tmp_path / "d.png")], capsys)
-    assert err == ("feather-mini demo: error: --prompt is too long: the prompt takes 1029 tokens with the image's "
-                   "576 visual tokens, plus --max-new-tokens 32, over the model's context of 1024")
+    assert err == ("feather-mini demo: error: the prompt is too long: the prompt takes 1029 tokens with the image's "
+                   "576 visual tokens, plus max_new_tokens 32, over the model's context of 1024")
 
 
 def test_error_answer_too_long(tmp_path, capsys):
     """A short prompt but --max-new-tokens past the context: the message says which option overflows."""
     err = error_line(["demo", "--max-new-tokens", "500", "--out", str(tmp_path / "d.png")], capsys)
     assert err == ("feather-mini demo: error: too long an answer allowed: the prompt takes 584 tokens with the "
-                   "image's 576 visual tokens, plus --max-new-tokens 500, over the model's context of 1024")
+                   "image's 576 visual tokens, plus max_new_tokens 500, over the model's context of 1024")
 
 
 def test_error_empty_prompt(tmp_path, capsys):

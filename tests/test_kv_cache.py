@@ -102,7 +102,8 @@ def test_generate_stops_at_max_new_tokens_and_context(loaded):
     model, inputs = loaded
     assert len(model.generate(inputs, max_new_tokens=3).token_ids) == 3
     model.generate(inputs, max_new_tokens=105)  # feeds positions 0..127: exactly the context of 128
-    with pytest.raises(ValueError, match=r"sequence of 129 tokens exceeds the model's context of 128 "):
+    with pytest.raises(ValueError, match=r"^too long an answer allowed: the prompt takes 24 tokens with the image's "
+                                         r"16 visual tokens, plus max_new_tokens 106, over the model's context of 128$"):
         model.generate(inputs, max_new_tokens=106)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import feather_mini as fm
-from feather_mini.model import LlavaConfig, canonical_key
+from feather_mini.checkpoint import canonical_key, config_from_dict
 from conftest import read_tensors, write_tensors
 
 Q_PROJ = "language_model.model.layers.1.self_attn.q_proj.weight"
@@ -135,7 +135,7 @@ LLAVA_15_7B_HF_CONFIG = {  # config.json of llava-hf/llava-1.5-7b-hf: sizes left
 
 def test_llava_15_config_resolves_to_the_7b_sizes():
     """llava-1.5-7b-hf's sparse config.json gets LLaVA-1.5-7B's sizes from the defaults."""
-    config = LlavaConfig.from_dict(LLAVA_15_7B_HF_CONFIG)
+    config = config_from_dict(LLAVA_15_7B_HF_CONFIG)
     t = config.text_config
     assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads) == (4096, 11008, 32, 32)
     assert (t.num_key_value_heads, t.head_dim, t.rope_theta, t.vocab_size) == (32, 128, 10000.0, 32064)
@@ -150,30 +150,30 @@ def test_llava_15_config_resolves_to_the_7b_sizes():
 def test_config_rope_parameters_and_unsupported_settings():
     """transformers 5's rope_parameters is read; settings this file does not implement are refused."""
     text = {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
-    assert LlavaConfig.from_dict({"text_config": text}).text_config.rope_theta == 500000.0
+    assert config_from_dict({"text_config": text}).text_config.rope_theta == 500000.0
     with raises(ValueError, "config: text_config RoPE type 'linear' is not supported (only the default, "
                             "unscaled RoPE of LLaVA-1.5)"):
-        LlavaConfig.from_dict({"text_config": {"rope_scaling": {"type": "linear", "factor": 2.0}}})
+        config_from_dict({"text_config": {"rope_scaling": {"type": "linear", "factor": 2.0}}})
     with raises(ValueError, "config: vision_feature_layer=[-2, -5]: only a single int layer is supported "
                             "(LLaVA-1.5 uses -2)"):
-        LlavaConfig.from_dict({"vision_feature_layer": [-2, -5]})
+        config_from_dict({"vision_feature_layer": [-2, -5]})
     with raises(ValueError, "config: projector_hidden_act='relu6' is not one of "
                             "['gelu', 'gelu_pytorch_tanh', 'quick_gelu', 'silu']"):
-        LlavaConfig.from_dict({"projector_hidden_act": "relu6"})
+        config_from_dict({"projector_hidden_act": "relu6"})
 
 
 def test_config_image_token_id_and_model_type():
     """transformers 5 may write image_token_id; a config for another architecture is refused by name."""
-    assert LlavaConfig.from_dict({"image_token_id": 7}).image_token_index == 7
+    assert config_from_dict({"image_token_id": 7}).image_token_index == 7
     with raises(ValueError, "config: model_type is 'qwen2_vl'; this file implements 'llava'"):
-        LlavaConfig.from_dict({"model_type": "qwen2_vl"})
+        config_from_dict({"model_type": "qwen2_vl"})
     with raises(ValueError, "config: text_config.model_type is 'mistral'; this file implements 'llama'"):
-        LlavaConfig.from_dict({"text_config": {"model_type": "mistral"}})
+        config_from_dict({"text_config": {"model_type": "mistral"}})
 
 
 def test_device_and_dtype_choices():
     """'auto' falls back to the CPU here; a dtype that is not one of the three is named."""
-    from feather_mini.model import resolve_device, resolve_dtype
+    from feather_mini.checkpoint import resolve_device, resolve_dtype
 
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         assert resolve_device("auto") == torch.device("cpu")

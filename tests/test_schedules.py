@@ -136,9 +136,10 @@ def test_unknown_criterion_and_missing_fraction_are_refused():
     assert error_of(lambda: Schedule([Stage(3, "phi_magic", 0.5)])) == (
         "schedule 'custom', stage 1 (layer 3, phi_magic): unknown criterion 'phi_magic'; expected one of "
         "['phi_original', 'phi_no_rope', 'phi_knn', 'phi_uniform', 'phi_ensemble', 'phi_random'] "
-        "or a function criterion(query, keys, budget)")
+        "(pruning.register_criterion adds one) or a function select(inputs, count)")
     assert error_of(lambda: Schedule([Stage(3, "phi_no_rope")])) == (
-        "schedule 'custom', stage 1 (layer 3, phi_no_rope): fraction (the share of visual tokens kept) is required")
+        "schedule 'custom', stage 1 (layer 3, phi_no_rope): fraction (the share of visual tokens kept) or count "
+        "is required")
     assert error_of(lambda: Schedule([])) == (
         "schedule 'custom' has no stages (for no pruning, pass no schedule)")
 

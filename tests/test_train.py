@@ -57,6 +57,13 @@ def test_same_seed_same_losses(tmp_path):
     assert c[0] != a[0] and c[1] != a[1]
 
 
+def test_data_workers_change_nothing(run3, tmp_path):
+    """Batches made by 2 worker processes give the losses of batches made in this process (each step's
+    data comes from its own seed)."""
+    _, losses = run3
+    assert train.train(parse(tmp_path, "--steps", "3", "--workers", "2")) == losses
+
+
 def test_resume_continues_exactly(run3, tmp_path):
     """2 steps, a checkpoint, then --resume to 3: the third loss and the final weights equal the uninterrupted run's."""
     # train() has no way to stop a 3-step run after 2 steps, so the first part runs with --steps 2.
