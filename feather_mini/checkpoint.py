@@ -14,6 +14,7 @@ Never a pickle: weights are safetensors, everything else JSON.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, fields
@@ -24,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from .model import LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig
+from .model import LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig, is_int
 from .processing import CLIP_MEAN, CLIP_STD, Processor, json_object, read_json
 
 
@@ -342,25 +343,50 @@ def read_text_checkpoint(folder: str | Path) -> tuple[TextConfig, dict[str, torc
                     if not (tied and k == "lm_head.weight")}
     file = folder / "model.safetensors"
     state = {k: v.float() for k, v in read_tensors(file).items()}
-    for key in sorted(expected.keys() | state.keys()):
-        found = tuple(state[key].shape) if key in state else None
-        if found != expected.get(key):
-            what = ("is missing" if found is None else "is not a parameter of the model config.json describes"
-                    if key not in expected else f"has shape {found}; config.json implies {expected[key]}")
-            raise CheckpointError(f"{file}: tensor {key} {what}")
+    wrong = first_mismatch(expected, state, "the model in config.json")
+    if wrong:
+        raise CheckpointError(f"{file}: {wrong}")
     return config, state, tied
+
+
+def first_mismatch(expected: dict[str, tuple], tensors: dict[str, torch.Tensor], whose: str) -> str | None:
+    """The first tensor (by name) missing from `tensors`, extra, or of another shape than `expected`, in words."""
+    for key in sorted(expected.keys() | tensors.keys()):
+        found = tuple(tensors[key].shape) if key in tensors else None
+        if found != expected.get(key):
+            what = ("is missing" if found is None else f"is not a tensor of {whose}" if key not in expected
+                    else f"has shape {found}; {whose} needs {expected[key]}")
+            return f"tensor {key} {what}"
+    return None
 
 # -----------------------------------------------------------------------------
 # Writing a llava-hf folder
 
 
+def write_atomically(path: Path, write) -> None:
+    """write(tmp) beside `path`, flushed to disk, then renamed over it: a reader, or a kill at any
+    moment, finds the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, value) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+
+
 def save_pretrained(model: LlavaForConditionalGeneration, tokenizer: Tokenizer, folder: Path) -> None:
     """A llava-hf checkpoint folder: config.json, model.safetensors (llava-hf key layout),
-    tokenizer.json and preprocessor_config.json."""
+    tokenizer.json and preprocessor_config.json, each file replaced whole."""
     folder.mkdir(parents=True, exist_ok=True)
     save_config_files(model.config, tokenizer, folder)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    write_atomically(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
 def save_config_files(cfg: LlavaConfig, tokenizer: Tokenizer, folder: Path) -> None:
@@ -370,16 +396,19 @@ def save_config_files(cfg: LlavaConfig, tokenizer: Tokenizer, folder: Path) -> N
               **{k: v for k, v in asdict(cfg).items() if k not in ("text_config", "vision_config")},
               "text_config": {"model_type": "llama", **text}, "vision_config": {"model_type": "clip_vision_model", **vision},
               "torch_dtype": "float32"}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    tokenizer.save(str(folder / "tokenizer.json"))
+    write_json(folder / "config.json", config)
+    write_atomically(folder / "tokenizer.json", lambda tmp: tokenizer.save(str(tmp)))
     S = cfg.vision_config.image_size
     pre = {"image_processor_type": "CLIPImageProcessor", "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
            "size": {"shortest_edge": S}, "crop_size": {"height": S, "width": S}, "do_resize": True,
            "do_center_crop": True, "do_normalize": True, "do_rescale": True, "do_convert_rgb": True}
-    (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    write_json(folder / "preprocessor_config.json", pre)
 
 # -----------------------------------------------------------------------------
-# Training checkpoints: the trained tensors and AdamW's state in one safetensors file, the rest in JSON
+# Training checkpoints: the trained tensors, AdamW's state, the step and the settings in ONE
+# safetensors file (its metadata holds the step, the settings and a sha256 of all of it), replaced
+# whole, so a kill at any moment leaves the last checkpoint or the new one. state.json repeats the
+# metadata for people to read; an edited one is refused, a missing one is not needed.
 
 
 def trained_parameters(model) -> dict[str, torch.Tensor]:
@@ -388,28 +417,106 @@ def trained_parameters(model) -> dict[str, torch.Tensor]:
     return {k: p for k, p in model.named_parameters() if p.requires_grad}
 
 
+def checkpoint_digest(tensors: dict[str, torch.Tensor], meta_text: str) -> str:
+    """sha256 over the metadata and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(meta_text.encode())
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_checkpoint(folder: Path, model, optimizer, step: int, args: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v.detach().contiguous() for k, v in trained_parameters(model).items()}
     for i, state in optimizer.state_dict()["state"].items():
         for name, value in state.items():
             tensors[f"optim/{i}/{name}"] = torch.as_tensor(value).contiguous()
-    tmp = folder / "state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "state.safetensors")  # never leave a half-written checkpoint behind
-    (folder / "state.json").write_text(json.dumps({"step": step, "args": args}, indent=2) + "\n")
+    meta = {"step": step, "args": args}
+    text = json.dumps(meta, sort_keys=True)
+    digest = checkpoint_digest(tensors, text)
+    write_atomically(folder / "state.safetensors", lambda tmp: save_file(
+        tensors, str(tmp), metadata={"format": "pt", "meta": text, "sha256": digest}))
+    write_json(folder / "state.json", {**meta, "sha256": digest})
+
+
+def holds_checkpoint(folder: Path) -> bool:
+    return (folder / "state.safetensors").is_file() or (folder / "state.json").is_file()
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The last step a checkpoint completed (0-based), from its metadata alone; None when unreadable."""
+    try:
+        with safe_open(folder / "state.safetensors", framework="pt") as f:
+            return json.loads((f.metadata() or {})["meta"])["step"]
+    except Exception:  # noqa: BLE001 (any damage: the caller only words a message with it)
+        return None
 
 
 ADDED_SETTINGS = {"lookalike": 0.0, "init_from": None}  # settings added after the first checkpoints were written
 
 
+def read_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """({"step", "args"}, tensors) of a training checkpoint, checked before anything is trusted:
+    readable, its checksum right, the step and settings well-formed, state.json unedited, every
+    tensor finite. (Checkpoints written before the metadata moved into the safetensors file are
+    read from state.json, unchecked.)"""
+    meta_file, tensor_file = folder / "state.json", folder / "state.safetensors"
+    if not tensor_file.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected state.json and state.safetensors)")
+    tensors = read_tensors(tensor_file)
+    with safe_open(tensor_file, framework="pt") as f:
+        saved = f.metadata() or {}
+    legacy = "meta" not in saved
+    if legacy:
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected state.json and state.safetensors)")
+        meta = json_object(read_json(meta_file), str(meta_file))
+    elif checkpoint_digest(tensors, saved["meta"]) != saved.get("sha256"):
+        raise CheckpointError(f"{tensor_file} is damaged: its contents do not match the checksum saved with "
+                              f"them; train afresh into another --out (or delete {folder})")
+    else:
+        meta = json.loads(saved["meta"])
+    where = meta_file if legacy else tensor_file
+    step, args = meta.get("step"), meta.get("args")
+    if not isinstance(args, dict) or not is_int(args.get("steps")) or args["steps"] < 1:
+        raise CheckpointError(f"{where}: 'args' must be an object of the run's settings, with 'steps' an int >= 1")
+    if not is_int(step) or not 0 <= step < args["steps"]:
+        raise CheckpointError(f"{where}: step {step!r} must be an int from 0 to the run's steps - 1 "
+                              f"({args['steps'] - 1})")
+    if not legacy and meta_file.is_file():  # the readable copy must say what the checkpoint says
+        try:
+            differs = mirror_difference(read_json(meta_file), meta)
+        except ValueError as e:
+            raise CheckpointError(f"{e}; delete it to resume from {tensor_file}, which holds the checkpoint") from None
+        if differs:
+            raise CheckpointError(f"{meta_file} does not match {tensor_file}, which holds the checkpoint ({differs}): "
+                                  f"was it edited? Delete {meta_file} to resume from {tensor_file}")
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{tensor_file}: tensor '{bad}' holds NaN or inf; the run diverged before this "
+                              "checkpoint, or the file is damaged")
+    return {"step": step, "args": args}, tensors
+
+
+def mirror_difference(mirror, meta: dict) -> str | None:
+    """What state.json says otherwise than the checkpoint's own metadata, as "step 9 there, 19 here"."""
+    if not isinstance(mirror, dict) or not isinstance(mirror.get("args"), dict):
+        return "it is not an object with 'step' and 'args'"
+    if mirror.get("step") != meta["step"]:
+        return f"step {mirror.get('step')!r} there, {meta['step']} here"
+    for key in sorted(mirror["args"].keys() | meta["args"].keys()):
+        if mirror["args"].get(key) != meta["args"].get(key):
+            return f"{key} {mirror['args'].get(key)!r} there, {meta['args'].get(key)!r} here"
+    return None
+
+
 def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
     """Restore model and optimizer; return the last completed step. Refuses a checkpoint of
-    another configuration (naming the setting), since resuming it would mix two runs."""
-    meta_file, tensor_file = folder / "state.json", folder / "state.safetensors"
-    if not meta_file.is_file() or not tensor_file.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {folder} (expected state.json and state.safetensors)")
-    meta = json.loads(meta_file.read_text())
+    another configuration (naming the setting), since resuming it would mix two runs, and one
+    whose tensors are not this model's and AdamW's (naming the first that is missing or wrong)."""
+    meta, tensors = read_checkpoint(folder)
     for key in (k for k in args if k != "steps"):  # every setting but --steps, which is checked below
         saved = meta["args"].get(key, ADDED_SETTINGS.get(key))  # checkpoints older than a setting: its default
         if saved != args.get(key):
@@ -421,15 +528,23 @@ def load_checkpoint(folder: Path, model, optimizer, args: dict) -> int:
     if args["steps"] != old_steps and done > max(args["warmup"], int(0.8 * min(old_steps, args["steps"]))):
         raise ValueError(f"--resume: {folder} is at step {done}, past the start of the learning-rate decay of "
                          f"--steps {min(old_steps, args['steps'])}; resume it with --steps {old_steps}")
-    tensors = load_file(str(tensor_file))
+    file = folder / "state.safetensors"
     trained = trained_parameters(model)
-    saved = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    for key in sorted(set(trained) ^ set(saved)):
-        where = "is missing from" if key in trained else "is not a trained tensor of this model, found in"
-        raise ValueError(f"--resume: {key} {where} {tensor_file}")
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # AdamW's numbering of its state
+    expected = {f"model/{k}": tuple(p.shape) for k, p in trained.items()}
+    # AdamW keeps (step, exp_avg, exp_avg_sq) for each parameter that has had a gradient: all three or none.
+    has_state = {key.split("/")[1] for key in tensors if key.startswith("optim/")}
+    expected.update({f"optim/{i}/{name}": shape for i, p in enumerate(params) if str(i) in has_state
+                     for name, shape in (("step", ()), ("exp_avg", tuple(p.shape)), ("exp_avg_sq", tuple(p.shape)))})
+    wrong = first_mismatch(expected, tensors, "this model or its optimizer")
+    if wrong:
+        raise CheckpointError(f"--resume: {file}: {wrong}")
+    if not has_state:
+        raise CheckpointError(f"--resume: {file} holds no optimizer state (AdamW's moments): resuming would start "
+                              "a different run")
     with torch.no_grad():
         for key, p in trained.items():
-            p.copy_(saved[key])
+            p.copy_(tensors[f"model/{key}"])
     state = optimizer.state_dict()
     for key, value in tensors.items():
         if key.startswith("optim/"):

@@ -68,6 +68,9 @@ def synthetic_cases(limit: int, seed: int = 0) -> list[Case]:
     return cases
 
 
+MAX_LINE, MAX_EXPRESSION = 100_000, 2_000  # characters: RefCOCO's longest expressions are a few hundred
+
+
 def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> list[Case]:
     """A RefCOCO-style file: one JSON object a line with "image" (a path, relative to the file's
     folder unless absolute), "expression" and "box" ([x1, y1, x2, y2] in the image's pixels).
@@ -86,10 +89,14 @@ def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> li
         if not line.strip():
             continue
         where = f"{path}, line {number}"
+        if len(line) > MAX_LINE:  # before parsing: a 100 MB line took minutes and 20 GB to fail further on
+            raise ValueError(f"{where}: {len(line):,} characters; a record is at most {MAX_LINE:,}")
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: not valid JSON (nested too deeply to read)") from None
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
         for key in ("image", "expression", "box"):
@@ -100,6 +107,9 @@ def jsonl_cases(path: str | Path, template: str, limit: int | None = None) -> li
         if not isinstance(record["expression"], str) or IMAGE_PLACEHOLDER in record["expression"]:
             raise ValueError(f"{where}: expression must be a string without {IMAGE_PLACEHOLDER!r} "
                              f"(the processor places the image), got {record['expression']!r}")
+        if len(record["expression"]) > MAX_EXPRESSION:
+            raise ValueError(f"{where}: expression is {len(record['expression']):,} characters; a referring "
+                             f"expression is a phrase, at most {MAX_EXPRESSION:,}")
         box = record["box"]
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):

@@ -50,7 +50,9 @@ def text_width(draw: ImageDraw.ImageDraw, text: str, size: int) -> int:
 
 
 def fit(draw: ImageDraw.ImageDraw, text: str, size: int, width: int) -> str:
-    """The text cut with '...' to fit `width` pixels (answers can be long)."""
+    """The text on one line (a prompt or an answer may hold line breaks, which Pillow cannot measure),
+    cut with '...' to fit `width` pixels (answers can be long)."""
+    text = " ".join(text.splitlines())
     if text_width(draw, text, size) <= width:
         return text
     while text and text_width(draw, text + "...", size) > width:

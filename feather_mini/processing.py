@@ -115,7 +115,8 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB, upright and as a viewer shows it.
 
-    EXIF orientation is applied (as transformers' load_image does). Pillow's convert("RGB")
+    EXIF orientation is applied (as transformers' load_image does); transparency (an alpha band,
+    a palette's or a PNG's tRNS) is composited onto white. Pillow's convert("RGB")
     clips 16-bit and float greys to 255, so those are scaled first: integer modes (I;16*, and I,
     where older Pillows put 16-bit PNGs) map 0..65535 to 0..255, float mode F maps [0, 1] to
     0..255; values outside are clipped, and NaN or inf pixels are refused (no colour to show).
@@ -130,8 +131,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
             raise ValueError(f"mode {image.mode} image has non-finite pixels (NaN or inf)")
         white = 1.0 if image.mode == "F" else 65535.0
         image = grey.point(lambda v: v * (255 / white) + 0.5).convert("L")  # F -> L clips and truncates: +0.5 rounds
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
+    if "transparency" in image.info or any(band in ("A", "a") for band in image.getbands()):
+        # What shows through a transparent pixel is the page behind it: white, as transformers' convert_rgb
+        # composites (dropping alpha would show the hidden colour, often black).
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert("RGB")
 
 

@@ -452,6 +452,10 @@ def _preset(name: str, stages: list[Stage], num_layers: int) -> Schedule:
     """The schedule, its layers scaled to num_layers; the scaling is in its note (it prints with it)."""
     if not is_int(num_layers) or num_layers < 1:
         raise ValueError(f"{name}: num_layers={num_layers!r} must be the model's decoder depth, an int >= 1")
+    for stage in stages:  # checked as written, before scaling: -5 would otherwise round up to layer 1
+        if not is_int(stage.layer) or stage.layer < 1:
+            raise ValueError(f"{name}: layer={stage.layer!r} must be an int >= 1, in the presets' numbering of "
+                             f"{PRESET_DEPTH} layers (num_layers scales it)")
     if num_layers == PRESET_DEPTH:
         return Schedule(tuple(stages), name, depth=num_layers)
     written = ",".join(str(s.layer) for s in stages)

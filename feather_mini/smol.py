@@ -11,7 +11,6 @@ cache); what training makes is saved as a delta (lora.py) that `fetch feather-sm
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer
 
 from . import lora
-from .checkpoint import CheckpointError, read_config, read_tensors, read_text_checkpoint, shipped_weights
+from .checkpoint import (CheckpointError, read_config, read_tensors, read_text_checkpoint, shipped_weights,
+                         write_atomically, write_json)
 from .model import LlavaConfig, LlavaForConditionalGeneration, TextConfig
 from .processing import IMAGE_PLACEHOLDER, read_json
 
@@ -110,10 +110,10 @@ def save_delta(model: LlavaForConditionalGeneration, tokenizer: Tokenizer, folde
     folder.mkdir(parents=True, exist_ok=True)
     save_files(model.config, tokenizer, folder)
     source = read_base_source(base_folder)
-    save_file(delta_tensors(model), str(folder / lora.DELTA_FILE), metadata={"format": "pt"})
-    meta = {"base": BASE_NAME, "base_sha256": source.get("sha256"), "rank": rank, "alpha": alpha,
-            "targets": list(lora.TARGETS)}
-    (folder / lora.DELTA_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    tensors = delta_tensors(model)
+    write_atomically(folder / lora.DELTA_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_json(folder / lora.DELTA_JSON, {"base": BASE_NAME, "base_sha256": source.get("sha256"), "rank": rank,
+                                          "alpha": alpha, "targets": list(lora.TARGETS)})
 
 
 def read_base_source(base_folder: Path) -> dict:

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,10 +34,15 @@ import torch.nn.functional as F
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 
 from . import cli, smol, synthetic
-from .checkpoint import (cache_dir, load_checkpoint, read_tensors, resolve_device, save_checkpoint, save_config_files,
+from .checkpoint import (cache_dir, checkpoint_step, holds_checkpoint, load_checkpoint, read_tensors, resolve_device, save_checkpoint, save_config_files,
                          save_pretrained, shipped_weights, trained_parameters)
 from .model import LlavaConfig, LlavaForConditionalGeneration, TextConfig, VisionConfig
 from .processing import Inputs, Processor
+
+try:
+    import fcntl  # the training lock
+except ImportError:  # Windows
+    fcntl = None
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
 IMAGE_TOKEN = "<image>"
@@ -348,11 +354,18 @@ def save_model(model, tokenizer, out: Path, args) -> None:
 
 
 def train(args) -> list[float]:
-    """Run (or resume) training; returns the loss of every step run in this call."""
+    """Run (or resume) training; returns the loss of every step run in this call. One run at a
+    time per --out: a second is refused while the first holds the folder's lock."""
+    out = Path(args.out)
+    check_out(out, args.resume)
+    with training_lock(out):
+        return run(args)
+
+
+def run(args) -> list[float]:
     if args.threads:
         torch.set_num_threads(args.threads)
     out, ckpt = Path(args.out), Path(args.out) / "checkpoint"
-    check_out(out, args.resume)
     device = resolve_device(args.device)
     model, tokenizer = build_model(args)
     config = model.config
@@ -366,10 +379,10 @@ def train(args) -> list[float]:
     if args.preset == "smol":
         settings.update(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                         base_sha256=smol.read_base_source(Path(args.base)).get("sha256"))
-    if not args.resume and (ckpt / "state.json").is_file():
-        step = json.loads((ckpt / "state.json").read_text())["step"] + 1
-        raise ValueError(f"{ckpt} already holds a checkpoint (step {step}): pass --resume to continue it, "
-                         "or choose another --out")
+    if not args.resume and holds_checkpoint(ckpt):
+        step = checkpoint_step(ckpt)
+        raise ValueError(f"{ckpt} already holds a checkpoint{'' if step is None else f' (step {step + 1})'}: "
+                         "pass --resume to continue it, or choose another --out")
     start = load_checkpoint(ckpt, model, optimizer, settings) + 1 if args.resume else 0
     params = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in trained_parameters(model).values())
@@ -386,12 +399,18 @@ def train(args) -> list[float]:
     batches = torch.utils.data.DataLoader(StepBatches(processor, args, config.text_config.eos_token_id),
                                           batch_size=None, sampler=range(start, args.steps),
                                           num_workers=args.workers)
+    if start == args.steps:  # nothing left: rewrite the output from the checkpoint, should a kill have cut it
+        save_model(model, tokenizer, out, args)
+        print(f"train: {ckpt} is at the last step; {out} was written again from it", flush=True)
     model.train()
     for step, batch in zip(range(start, args.steps), batches):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         losses.append(train_step(model, optimizer, batch))
         done = step + 1
+        if not math.isfinite(losses[-1]):
+            raise ValueError(f"step {done}: the loss is {losses[-1]}; stopped before saving anything, so {ckpt} "
+                             "keeps the last good checkpoint")
         if done % args.log_every == 0 or done in (start + 1, args.steps):  # the first: seconds a step, early
             elapsed = time.time() - t0
             eta = elapsed / (done - start) * (args.steps - done)
@@ -430,10 +449,42 @@ def check_out(out: Path, resume: bool) -> None:
     existing = next((folder for folder in (out, *out.parents) if folder.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK):
         raise PermissionError(f"--out: {existing} is not writable")
-    has_checkpoint = (out / "checkpoint" / "state.json").is_file()
-    if not resume and not has_checkpoint and any((out / f).exists() for f in ("model.safetensors", "config.json")):
+    if not resume and not holds_checkpoint(out / "checkpoint") and any((out / f).exists() for f in ("model.safetensors", "config.json")):
         raise ValueError(f"--out: {out} already holds a model (model.safetensors or config.json) that this "
                          "command did not train; choose another --out")
+
+
+@contextmanager
+def training_lock(out: Path):
+    """Hold an exclusive lock on --out (the file .train.lock in it) while training, so that two runs
+    into one folder cannot mix their logs and checkpoints; the system drops it if the process dies.
+    (On systems without fcntl, Windows, there is no lock.)"""
+    out.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    path = out / ".train.lock"
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise ValueError(f"--out: {out} is being trained by another process (pid {holder}); wait for it to "
+                             "finish, or choose another --out") from None
+        if path.exists() and os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+            break  # still the file at that path (a run that just finished unlinks its own)
+        f.close()
+    try:
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        f.close()
 
 
 def _hms(seconds: float) -> str:

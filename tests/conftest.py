@@ -1,6 +1,7 @@
 """Shared fixtures: a word-level tokenizer built in process, and tiny random LLaVA checkpoints
 saved by transformers (the independent reference). Nothing is downloaded."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,19 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 VOCAB = 64  # text vocabulary of the tiny models
 IMAGE_ID = 63  # the <image> placeholder's id, last in the vocabulary as in llava-hf (32000 of 32064)
 WORDS = ["<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?", "a", "red", "square"]
+
+
+def raises(exc, message):
+    """pytest.raises matching the whole message literally."""
+    return pytest.raises(exc, match="^" + re.escape(message) + "$")
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """train() sets torch's thread count for the whole process; put it back for the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_tokenizer() -> Tokenizer:

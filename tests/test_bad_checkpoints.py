@@ -13,14 +13,10 @@ from PIL import Image
 import feather_mini as fm
 from feather_mini.checkpoint import resolve_device
 from feather_mini.model import TextConfig, VisionConfig
-from conftest import config_of, read_tensors, write_tensors
+from conftest import config_of, raises, read_tensors, write_tensors
 
 Q_PROJ = "language_model.model.layers.1.self_attn.q_proj.weight"
 
-
-def raises(exc, message):
-    """pytest.raises matching the whole message literally."""
-    return pytest.raises(exc, match="^" + re.escape(message) + "$")
 
 
 def write_config(folder, config):

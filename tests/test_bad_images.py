@@ -67,10 +67,13 @@ def test_non_finite_float_pixels_are_refused(processor, value):
 
 
 @pytest.mark.parametrize("mode,value,rgb", [("1", 1, (255, 255, 255)), ("L", 200, (200, 200, 200)),
-                                            ("LA", (200, 0), (200, 200, 200)), ("RGBA", (10, 20, 30, 0), (10, 20, 30)),
+                                            ("LA", (200, 0), (255, 255, 255)), ("LA", (0, 255), (0, 0, 0)),
+                                            ("LA", (0, 128), (127, 127, 127)), ("RGBA", (10, 20, 30, 0), (255, 255, 255)),
+                                            ("RGBA", (10, 20, 30, 255), (10, 20, 30)),
                                             ("CMYK", (0, 0, 0, 0), (255, 255, 255)), ("RGB", (1, 2, 3), (1, 2, 3))])
 def test_8_bit_modes_still_convert(mode, value, rgb):
-    """The modes convert("RGB") already handled keep their colours."""
+    """The modes convert("RGB") handles keep their colours; a transparent pixel shows white, not its hidden
+    colour (LA (200, alpha 0) was grey 200 before), a half-transparent black pixel mid grey."""
     assert load_image(Image.new(mode, (2, 2), value)).getpixel((1, 1)) == rgb
 
 

@@ -139,6 +139,15 @@ def test_demo_own_question_about_builtin_scene_is_scored(tmp_path, capsys):
     assert (data["reference"], data["rows"][0]["answer"], data["rows"][0]["correct"]) == ("1", "1", True)
 
 
+def test_demo_prompt_with_a_line_break(tmp_path, capsys):
+    """A prompt holding a newline runs and draws (its title on one line); it failed drawing the title
+    after running every method (Pillow cannot measure multiline text)."""
+    code, out, err = run_cli(["demo", "--methods", "none", "--repeats", "1", "--prompt", "where is the\ngreen circle ?",
+                              "--out", str(tmp_path / "d.png"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["prompt"] == "where is the\ngreen circle ?" and (tmp_path / "d.png").is_file()
+
+
 def test_demo_image_file(tmp_path, capsys):
     """--image: any file; the prompt defaults to 'Describe the image.', and nothing is scored."""
     image = tmp_path / "scene.png"

@@ -169,6 +169,11 @@ def test_eval_on_jsonl_runs_and_reports_no_other_accuracy(weights, scene_png, tm
      "line 2: image must be a non-empty path string, got ''"),
     ({"image": "scene0.png", "expression": "the <image> circle", "box": [0, 0, 5, 5]},
      "line 2: expression must be a string without '<image>' (the processor places the image), got 'the <image> circle'"),
+    # A long expression took 137 s and 20 GB before failing without a file or line; deep nesting, a RecursionError.
+    ({"image": "scene0.png", "expression": "red " * 600, "box": [0, 0, 5, 5]},
+     "line 2: expression is 2,400 characters; a referring expression is a phrase, at most 2,000"),
+    ('{"image": "' + "x" * 100_000 + '"}', "line 2: 100,013 characters; a record is at most 100,000"),
+    ("[" * 50_000, "line 2: not valid JSON (nested too deeply to read)"),
 ])
 def test_bad_jsonl_lines_name_the_line(scene_png, tmp_path, record, message):
     """Missing field, box outside the image, missing or unreadable image, broken JSON: the error names line 2."""

@@ -26,6 +26,7 @@ gguf = pytest.importorskip("gguf")
 from feather_mini import fetch  # noqa: E402
 from feather_mini.checkpoint import CheckpointError  # noqa: E402
 from feather_mini.__main__ import main as cli  # noqa: E402
+from conftest import raises  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 LAYERS, WIDTH, HEADS, KV_HEADS, MLP, HEAD_DIM = 2, 64, 4, 2, 96, 16
@@ -118,10 +119,6 @@ def hf_tokenizer(tiny):
     return AutoTokenizer.from_pretrained(tiny.parent, gguf_file=tiny.name)
 
 
-def raises(exc, message):
-    """pytest.raises matching the whole message literally."""
-    return pytest.raises(exc, match="^" + re.escape(message) + "$")
-
 
 def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
@@ -211,9 +208,9 @@ def test_logits_equal_transformers(converted):
 
 @pytest.mark.parametrize("change, message", [
     ({"model.norm.weight": None}, "tensor model.norm.weight is missing"),
-    ({"lm_head.weight": torch.zeros(268, 64)}, "tensor lm_head.weight is not a parameter of the model config.json "
-                                               "describes"),
-    ({"model.norm.weight": torch.ones(63)}, "tensor model.norm.weight has shape (63,); config.json implies (64,)"),
+    ({"lm_head.weight": torch.zeros(268, 64)}, "tensor lm_head.weight is not a tensor of the model in config.json"),
+    ({"model.norm.weight": torch.ones(63)}, "tensor model.norm.weight has shape (63,); the model in config.json "
+                                            "needs (64,)"),
 ])
 def test_load_text_model_is_strict(change, message, converted, tmp_path):
     """Every tensor config.json implies, with its shape, and nothing else (lm_head is tied): else one line."""

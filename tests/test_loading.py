@@ -8,14 +8,10 @@ import torch
 
 import feather_mini as fm
 from feather_mini.checkpoint import canonical_key, config_from_dict
-from conftest import read_tensors, write_tensors
+from conftest import raises, read_tensors, write_tensors
 
 Q_PROJ = "language_model.model.layers.1.self_attn.q_proj.weight"
 
-
-def raises(exc, message):
-    """pytest.raises matching the whole message literally."""
-    return pytest.raises(exc, match="^" + re.escape(message) + "$")
 
 
 def test_missing_tensor(ckpt_copy):

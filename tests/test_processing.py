@@ -28,12 +28,14 @@ def test_any_mode_and_size_gives_one_square_tensor(processor, mode, size):
 
 @pytest.mark.filterwarnings("error")
 def test_palette_with_transparency(processor):
-    """A palette image with per-entry transparency converts through RGBA, without Pillow's warning."""
+    """A palette image with per-entry transparency converts through RGBA, without Pillow's warning: its
+    fully transparent red shows as the white behind it."""
     image = Image.new("P", (8, 8), 1)
     image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     image.info["transparency"] = bytes([255, 0] + [255] * 254)  # entry 1 (red) fully transparent
     x = processor.pixel_values(image)
-    assert torch.allclose(x[0], torch.full((32, 32), (1 - CLIP_MEAN[0]) / CLIP_STD[0]), atol=1e-6)
+    for channel in range(3):
+        assert torch.allclose(x[channel], torch.full((32, 32), (1 - CLIP_MEAN[channel]) / CLIP_STD[channel]), atol=1e-6)
 
 
 def test_normalization_of_a_red_image(processor):

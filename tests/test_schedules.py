@@ -199,3 +199,11 @@ def test_presets_need_a_positive_depth_and_refuse_another_models_depth():
         "schedule 'fastv' is numbered for 32 decoder layers, but the model has 8: build it with num_layers=8")
     assert fastv(num_layers=8).check(8, 144, (12, 12)) == {1: (36, 36)}
     assert Schedule([Stage(3, "phi_original", 0.25)]).check(8, 144, (12, 12)) == {3: (36, 36)}  # custom: any depth
+
+
+@pytest.mark.parametrize("layer", [-5, 0, -100, 2.5, True])
+@pytest.mark.parametrize("num_layers", [8, 32])
+def test_preset_layer_is_checked_before_it_is_scaled(layer, num_layers):
+    """fastv(layer=-5, num_layers=8) became layer 1 (scaled, then clamped); now refused at every depth alike."""
+    assert error_of(lambda: fastv(layer=layer, num_layers=num_layers)) == (
+        f"fastv: layer={layer!r} must be an int >= 1, in the presets' numbering of 32 layers (num_layers scales it)")

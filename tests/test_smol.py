@@ -4,7 +4,6 @@ resumes exactly, and the full folder built from a base and a delta. A tiny stand
 (4 layers of width 32, a byte-level tokenizer with SmolLM2's three control tokens) plays the base."""
 import argparse
 import json
-import re
 
 import pytest
 import torch
@@ -16,12 +15,10 @@ from feather_mini import lora, smol, train
 from feather_mini import CheckpointError
 from feather_mini.__main__ import main as cli
 from feather_mini.model import LlamaForCausalLM
+from conftest import raises
 
 CONTROL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # SmolLM2's ids 0, 1, 2
 
-
-def raises(exc, message):
-    return pytest.raises(exc, match="^" + re.escape(message) + "$")
 
 
 def write_base(folder, seed=0):
@@ -60,12 +57,6 @@ def parse(out, base, *options):
     return p.parse_args(["--out", str(out), "--preset", "smol", "--base", str(base), "--batch", "1", "--turns", "1",
                          "--warmup", "3", "--val", "0", "--threads", "1", "--lora-rank", "2", *options])
 
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 # -----------------------------------------------------------------------------
 # Layout
