@@ -18,7 +18,8 @@ COMMANDS = {
     "bench": ("feather_mini.bench", "time the prefill and decode with and without pruning (random weights)"),
     "eval": ("feather_mini.evaluate", "Table 1 in miniature: accuracy of each pruning method on the test split"),
     "train": ("feather_mini.train", "train the tiny LLaVA on synthetic scenes"),
-    "fetch": ("feather_mini.fetch", "a pretrained SmolLM2 decoder: the one command that reaches the network, through pip"),
+    "fetch": ("feather_mini.fetch",
+              "a pretrained SmolLM2 decoder: the one command that reaches the network, through pip"),
 }
 
 

@@ -254,7 +254,7 @@ def bench_grid(args, side: int, schedules: dict, reference: bool, device, dtype)
     mb = lambda nbytes: None if nbytes is None else nbytes / 2 ** 20  # noqa: E731
     for m in schedules:
         last = samples[m][-1]
-        reduction = pruning.flops_reduction_of(config, inputs, last["kept"])
+        reduction = pruning.flops_reduction_of(config, last["kept"], N, inputs.input_ids.shape[1])
         speedup = ratio("none", m, "prefill")
         rows.append(dict(
             method=m, grid=side, visual_tokens=N, text_tokens=inputs.input_ids.shape[1] - N,

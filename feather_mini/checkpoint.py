@@ -135,7 +135,8 @@ def text_config_from_dict(raw, source: str) -> tuple[TextConfig, bool]:
     """A Llama text checkpoint's config.json dict -> (TextConfig, whether the embeddings are tied)."""
     raw = json_object(raw, source)
     if raw.get("model_type") != "llama":
-        raise CheckpointError(f"{source}: model_type is {raw.get('model_type')!r}; a Llama text checkpoint says 'llama'")
+        raise CheckpointError(f"{source}: model_type is {raw.get('model_type')!r}; a Llama text checkpoint "
+                              "says 'llama'")
     try:
         return TextConfig(**_known_fields(TextConfig, raw)), raw.get("tie_word_embeddings") is True
     except (ValueError, TypeError) as e:

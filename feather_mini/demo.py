@@ -82,9 +82,11 @@ def run(model, processor, image, prompt: str, methods: list[str], question: synt
     image = load_image(image)
     # Each preset at its default layers, scaled to the model's depth (the schedule's note says how).
     schedules = dict(cli.schedules(list(dict.fromkeys(["none"] + methods)), model.config.text_config.num_hidden_layers))
-    # Answered first: generate refuses a prompt or an answer past the context before anything is timed.
-    answers = {m: evaluate.answer(model, processor, image, prompt, schedules[m], question, max_new_tokens)
-               for m in methods}
+    # Answered first, every method in one batch: generate refuses a prompt or an answer past the
+    # context before anything is timed.
+    batch = evaluate.answers(model, processor, [image] * len(methods), [prompt] * len(methods),
+                             [schedules[m] for m in methods], [question] * len(methods), max_new_tokens)
+    answers = dict(zip(methods, batch))
     seconds = time_prefills(model, processor(image, prompt), schedules, repeats)
     rows = []
     for method, a in answers.items():

@@ -159,18 +159,33 @@ def answer(model, processor, image, question: str, schedule=None, reference=None
     """Ask one question about one image under `schedule` (None: no pruning), greedily, and score it
     against `reference` (anything with task, answer and box, as a Case or a synthetic.Question;
     its box in the pixels of `image`). The one per-question step of eval, demo and the tutorial."""
-    image = load_image(image)
-    inputs = processor(image, question)
-    out = model.generate(inputs, max_new_tokens, schedule)
-    correct = iou = None
-    if reference is not None:
-        correct = synthetic.answer_correct(reference, out.text, image.size)
-        if reference.task == "loc":
-            box = synthetic.parse_box(out.text)
-            target = [round(v, 2) for v in box_in_square(reference.box, image.size)]
-            iou = synthetic.iou(box, target) if box else 0.0
-    return Answer(out.text, correct, iou, out.kept, {layer: processor.grid_cells(k) for layer, k in out.kept.items()},
-                  pruning.flops_reduction_of(model.config, inputs, out.kept))
+    return answers(model, processor, [image], [question], None if schedule is None else [schedule], [reference],
+                   max_new_tokens)[0]
+
+
+def answers(model, processor, images: list, questions: list[str], schedules: list | None = None,
+            references: list | None = None, max_new_tokens: int = 32) -> list[Answer]:
+    """`answer` for a batch, in one prefill and one generate: each question is pruned by its own
+    schedule (None: none pruned) and answered as it would be alone."""
+    images = [load_image(i) for i in images]
+    inputs = processor(images, questions)
+    out = model.generate(inputs, max_new_tokens, schedules)
+    results = []
+    for b, (image, text) in enumerate(zip(images, out.texts)):
+        reference = references[b] if references else None
+        correct = iou = None
+        if reference is not None:
+            correct = synthetic.answer_correct(reference, text, image.size)
+            if reference.task == "loc":
+                box = synthetic.parse_box(text)
+                target = [round(v, 2) for v in box_in_square(reference.box, image.size)]
+                iou = synthetic.iou(box, target) if box else 0.0
+        own = schedules[b].layers if schedules and schedules[b] else []  # a batch may mix schedules (the demo's)
+        kept = {layer: out.kept[layer][b][out.kept[layer][b] >= 0] for layer in own}  # a ragged stage's padding dropped
+        results.append(Answer(text, correct, iou, kept, {layer: processor.grid_cells(k) for layer, k in kept.items()},
+                              pruning.flops_reduction_of(model.config, kept, inputs.num_visual_tokens,
+                                                         inputs.lengths[b])))
+    return results
 
 
 def accuracy(hits: list[bool]) -> tuple[float | None, float | None]:
@@ -185,24 +200,30 @@ def accuracy(hits: list[bool]) -> tuple[float | None, float | None]:
 
 
 def evaluate(model, processor, cases: list[Case], method: str, schedule, progress=None,
-             max_new_tokens: int = 32) -> tuple[dict, list[int]]:
-    """One row: generate an answer for every case under `schedule` and score it. Also returns how
-    many kept visual tokens (first stage) fell in each row of the grid, over all cases."""
+             max_new_tokens: int = 32, batch_size: int = 1) -> tuple[dict, list[int]]:
+    """One row: generate an answer for every case under `schedule` and score it, batch_size cases
+    at a time (the same answers as one at a time). Also returns how many kept visual tokens (first
+    stage) fell in each row of the grid, over all cases."""
     rows, cols = processor.grid_shape
     loc, other, reduction = [], [], 0.0
     by_half: dict[str, list[bool]] = {"top": [], "bottom": []}
     per_row = torch.zeros(rows, dtype=torch.long)
-    for i, case in enumerate(cases):
-        result = answer(model, processor, case.image, case.question, pruning.reseeded(schedule, i), case, max_new_tokens)
-        (loc if case.task == "loc" else other).append(result.correct)
-        target_half = half(case)
-        if target_half is not None:
-            by_half[target_half].append(result.correct)
-        if result.cells:
-            per_row += torch.bincount(result.cells[min(result.cells)] // cols, minlength=rows)  # the first stage
-        reduction += result.flops_reduction
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start:start + batch_size]
+        # The random control draws with each question's own seed, its index in the split, as one at a time.
+        schedules = None if schedule is None else [pruning.reseeded(schedule, start + i) for i in range(len(chunk))]
+        results = answers(model, processor, [c.image for c in chunk], [c.question for c in chunk], schedules, chunk,
+                          max_new_tokens)
+        for case, result in zip(chunk, results):
+            (loc if case.task == "loc" else other).append(result.correct)
+            target_half = half(case)
+            if target_half is not None:
+                by_half[target_half].append(result.correct)
+            if result.cells:
+                per_row += torch.bincount(result.cells[min(result.cells)] // cols, minlength=rows)  # the first stage
+            reduction += result.flops_reduction
         if progress:
-            progress(i + 1)
+            progress(start + len(chunk))
     (loc_acc, loc_se), (other_acc, other_se) = accuracy(loc), accuracy(other)
     (top_acc, top_se), (bottom_acc, bottom_se) = accuracy(by_half["top"]), accuracy(by_half["bottom"])
     row = {"method": method, "layer": [s.layer for s in schedule.stages] if schedule is not None else [],
@@ -264,6 +285,9 @@ def table(rows: list[dict]) -> str:
 # Command line
 
 
+BATCH_SIZE = 16  # eval's and heatmap's default: the fastest measured on a 2-core CPU (README, "Batches")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     cli.add_weights_option(p)
     p.add_argument("--limit", type=cli.positive_int, default=None,
@@ -275,6 +299,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the question asked for each --data expression (default: the shipped model's)")
     p.add_argument("--max-new-tokens", type=cli.positive_int, default=32,
                    help="answer length limit (the shipped model stops after 5; a 7B box takes about 25 tokens)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=BATCH_SIZE,
+                   help=f"questions answered in one prefill and generate (default {BATCH_SIZE}); the same answers as "
+                        "one at a time")
     cli.add_device_options(p)
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
 
@@ -296,7 +323,8 @@ def main(args) -> int:
     for n, (method, schedule) in enumerate(rows_to_run, start=1):
         label = f"{method} (layers {','.join(str(s.layer) for s in schedule.stages)})" if schedule else method
         progress = cli.progress_line("eval: row", n, len(rows_to_run), label, len(cases))
-        row, per_row = evaluate(model, processor, cases, method, schedule, progress, args.max_new_tokens)
+        row, per_row = evaluate(model, processor, cases, method, schedule, progress, args.max_new_tokens,
+                                args.batch_size)
         rows.append(row)
         histograms[(method, tuple(row["layer"]))] = per_row
     if args.json:

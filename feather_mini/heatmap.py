@@ -20,19 +20,24 @@ from . import cli, evaluate, pictures, pruning, synthetic
 from .checkpoint import load_pretrained
 
 
-def kept_frequency(model, processor, cases, schedule: pruning.Schedule, stage: int, progress=None) -> torch.Tensor:
+def kept_frequency(model, processor, cases, schedule: pruning.Schedule, stage: int, progress=None,
+                   batch_size: int = evaluate.BATCH_SIZE) -> torch.Tensor:
     """(rows, cols) float: the share of `cases` in which each grid position survives the
-    schedule's stage number `stage` (0 = first, -1 = last). Prefills only: nothing is generated."""
+    schedule's stage number `stage` (0 = first, -1 = last). Prefills only, batch_size cases at a
+    time (each pruned as alone, the random control with its own seed): nothing is generated."""
     rows, cols = processor.grid_shape
     counts = torch.zeros(rows * cols)
     layer = schedule.layers[stage]
     with torch.inference_mode():
-        for i, case in enumerate(cases):
-            out = model(processor(case.image, case.question), schedule=pruning.reseeded(schedule, i),
+        for start in range(0, len(cases), batch_size):
+            chunk = cases[start:start + batch_size]
+            inputs = processor([c.image for c in chunk], [c.question for c in chunk])
+            out = model(inputs, schedule=[pruning.reseeded(schedule, start + i) for i in range(len(chunk))],
                         logits_to_keep=1)
-            counts[processor.grid_cells(out.kept[layer])] += 1
+            for kept in out.kept[layer]:
+                counts[processor.grid_cells(kept[kept >= 0])] += 1
             if progress:
-                progress(i + 1)
+                progress(start + len(chunk))
     return (counts / len(cases)).view(rows, cols)
 
 

@@ -13,8 +13,10 @@ self_attn.q_proj`, even CLIP's `pre_layrnorm`), so checkpoint.py's `load_pretrai
 rewrites the other prefix layouts transformers has written and is otherwise strict. This file
 is the network only: it imports nothing else of the package.
 
-Left out: dropout and other training-only options, padded batched generation, several
-images per prompt, LLaVA-NeXT's any-resolution tiles, RoPE scaling variants.
+Batches are padded on the right, so each prompt keeps its own positions and causal attention
+keeps every real token from the padding; each prompt is pruned by its own Pruner.
+Left out: dropout and other training-only options, several images per prompt, LLaVA-NeXT's
+any-resolution tiles, RoPE scaling variants.
 References (read, not copied): transformers' modeling_clip.py, modeling_llama.py and
 modeling_llava.py; tests/test_parity.py checks this file against them.
 """
@@ -362,12 +364,16 @@ class LlamaAttention(nn.Module):
         q, k = qk if qk is not None else self.project_qk(x)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask = None
         if cache is not None:
             k, v = cache.update(layer, k, v)
+            mask = cache.padding_mask(layer) if T == 1 else None
         n_rep = self.n_head // self.n_kv_head
-        # T > 1 only in a prefill on an empty cache (the model checks), where the causal mask is
-        # the triangle; one decoded token attends to every cached token, so it needs no mask.
-        y = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), is_causal=T > 1)
+        # T > 1 only in a prefill on an empty cache (the model checks), where the causal mask is the
+        # triangle: a batch's padding comes after each prompt, so no real token sees it. One decoded
+        # token attends to every cached token but, in a padded batch, the prompt's padding rows.
+        y = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask,
+                                           is_causal=T > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -415,27 +421,55 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                pruner=None, logits_to_keep: int = 0) -> torch.Tensor:
-        """pruner (prefill only; see pruning.Pruner): `layers`, the set of layers before which
-        visual tokens are dropped, and `select(K, q, k, positions, x)` -> the rows that layers
-        K.. will see, decided from layer K-1's q and k (B, heads, T, hs) before RoPE and its input x.
-        logits_to_keep: 0 for every row's logits, k for the last k rows' only (as transformers'
+                pruners=None, logits_to_keep: int = 0, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """pruners (prefill only; see pruning.Pruner): one per sequence, each with `layers`, the set of
+        layers before which it drops visual tokens, and `select(K, q, k, positions, x)` -> the rows of
+        its sequence that layers K.. will see, decided from layer K-1's q and k (1, heads, T, hs)
+        before RoPE and its input x.
+        lengths (B,): a right-padded batch's real rows per sequence (None: every row is real). After
+        a stage the sequences keep different numbers of rows; each is padded again at its end.
+        logits_to_keep: 0 for every row's logits, k for the last k (real) rows' only (as transformers'
         argument of that name): generation needs one row, and the lm_head over a 32k vocabulary
         costs as much as a few decoder layers when applied to every row."""
         # cos/sin depend only on the positions: computed once, shared by every layer.
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        stages = set().union(*(p.layers for p in pruners if p)) if pruners else set()
         for i, layer in enumerate(self.model.layers):
             rows = qk = None
-            if pruner is not None and i + 1 in pruner.layers:
+            if i + 1 in stages:
                 # Pruning at layer K is decided from layer K-1's normed input through its q and k
                 # projections, before it runs; the layer then reuses them, so scoring costs no matmul.
                 qk = layer.self_attn.project_qk(layer.input_layernorm(x))
-                rows = pruner.select(i + 1, *qk, positions, x)
+                rows = [p.select(i + 1, qk[0][b:b + 1, :, :n], qk[1][b:b + 1, :, :n], positions[b:b + 1, :n],
+                                 x[b:b + 1, :n]) if p and i + 1 in p.layers else torch.arange(n, device=x.device)
+                        for b, (p, n) in enumerate(zip(pruners, real_rows(lengths, x)))]
+            if cache is not None and lengths is not None:
+                cache.mark_padding(i, lengths, x.shape[1])
             x = layer(x, cos, sin, cache, i, qk)
             if rows is not None:
                 # Later layers see only these rows (text and kept visual tokens), at their ORIGINAL positions.
-                x, positions, cos, sin = x[:, rows], positions[:, rows], cos[:, rows], sin[:, rows]
-        return self.lm_head(self.model.norm(x[:, -logits_to_keep:]))
+                if len(rows) == 1 and lengths is None:
+                    x, positions, cos, sin = x[:, rows[0]], positions[:, rows[0]], cos[:, rows[0]], sin[:, rows[0]]
+                else:
+                    index, lengths = padded_rows(rows)
+                    batch = torch.arange(len(rows), device=index.device)[:, None]
+                    x, positions, cos, sin = (t[batch, index] for t in (x, positions, cos, sin))
+        if lengths is None or logits_to_keep == 0:
+            return self.lm_head(self.model.norm(x[:, -logits_to_keep:]))
+        last = lengths[:, None] - logits_to_keep + torch.arange(logits_to_keep, device=x.device)  # (B, k)
+        return self.lm_head(self.model.norm(x[torch.arange(x.shape[0], device=x.device)[:, None], last]))
+
+
+def real_rows(lengths: torch.Tensor | None, x: torch.Tensor) -> list[int]:
+    return [x.shape[1]] * x.shape[0] if lengths is None else lengths.tolist()
+
+
+def padded_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sequence's kept rows, right-padded to the longest by repeating its last row (a copy no real
+    row attends to, causally): the gather index (B, T') and each sequence's real rows (B,)."""
+    T = max(len(r) for r in rows)
+    index = torch.stack([torch.cat([r, r[-1:].expand(T - len(r))]) for r in rows])
+    return index, torch.tensor([len(r) for r in rows], device=index.device)
 
 # -----------------------------------------------------------------------------
 # KV cache
@@ -461,6 +495,10 @@ class KVCache:
         self._values: list[torch.Tensor | None] = [None] * num_layers
         self._seen = [0] * num_layers
         self.reserve, self.length = reserve, 0
+        # A padded batch: per layer, each sample's real prefill rows (B,) and the prefill's row count;
+        # the rows between are padding, which decoding must not attend to. None: no padding.
+        self._real: list[tuple[torch.Tensor, int] | None] = [None] * num_layers
+        self.positions: torch.Tensor | None = None  # a padded batch's next position per sample (B,)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's k, v (B, n_kv, T, hs) after `layer`'s cached rows; return all of them."""
@@ -486,6 +524,18 @@ class KVCache:
     @property
     def values(self) -> list[torch.Tensor | None]:
         return [None if b is None else b[:, :, :n] for b, n in zip(self._values, self._seen)]
+
+    def mark_padding(self, layer: int, real: torch.Tensor, rows: int) -> None:
+        """The prefill wrote `rows` rows at `layer`, of which sample b's first real[b] are its own."""
+        self._real[layer] = None if bool((real == rows).all()) else (real, rows)
+
+    def padding_mask(self, layer: int) -> torch.Tensor | None:
+        """(B, 1, 1, S) True where a decoded token may attend at `layer`; None when nothing is padding."""
+        if self._real[layer] is None:
+            return None
+        real, rows = self._real[layer]
+        index = torch.arange(self._seen[layer], device=real.device)
+        return ((index < real[:, None]) | (index >= rows))[:, None, None]
 
     def seen(self, layer: int) -> int:
         """How many tokens `layer` holds."""
@@ -519,13 +569,32 @@ class Prefill:
     kept: dict[int, torch.Tensor] = field(default_factory=dict)
     pruning_seconds: float = 0.0  # time spent choosing tokens, measured only when forward is given a clock
     loss: torch.Tensor | None = None  # 0-d: the next-token cross-entropy, when forward is given labels
+    # A batch: each prompt's real rows of `logits` (its first ones; the rest pad); None for one prompt.
+    # Its `kept` holds per stage a (B, k) tensor, rows padded with -1 where a prompt kept fewer.
+    lengths: list[int] | None = None
 
 
 @dataclass
 class Generation:
-    token_ids: list[int]  # the new tokens, the stopping eos included
+    token_ids: list[int]  # the new tokens, the stopping eos included (a batch: its first prompt's)
     text: str | None  # decoded without special tokens; None when the inputs carry no tokenizer
     kept: dict[int, torch.Tensor] = field(default_factory=dict)  # as in Prefill
+    sequences: list[list[int]] = field(default_factory=list)  # each prompt's new tokens
+    texts: list[str | None] = field(default_factory=list)  # each prompt's answer
+
+
+def batch_kept(pruners) -> dict[int, torch.Tensor]:
+    """Per stage's layer, each prompt's kept original indices as the rows of one (B, k) tensor, padded
+    with -1 (a ragged stage such as FEATHER's first keeps a different number per image; a prompt whose
+    schedule has no stage there, all -1)."""
+    kept = {}
+    for layer in sorted(set().union(*(p.kept for p in pruners if p))):
+        per = [p.kept.get(layer, torch.empty(0, dtype=torch.long)) if p else torch.empty(0, dtype=torch.long)
+               for p in pruners]
+        kept[layer] = torch.full((len(per), max(len(k) for k in per)), -1, dtype=torch.long)
+        for b, k in enumerate(per):
+            kept[layer][b, :len(k)] = k
+    return kept
 
 
 class LlavaForConditionalGeneration(nn.Module):
@@ -581,7 +650,7 @@ class LlavaForConditionalGeneration(nn.Module):
                              f"of {N} visual tokens each; expected {num_images * N}")
         # A start past the end would slice a short (even empty) span that passes .all(): bound it first.
         if visual_start is not None and not (0 <= visual_start <= input_ids.shape[1] - N
-                                             and is_visual[0, visual_start:visual_start + N].all()):
+                                             and is_visual[:, visual_start:visual_start + N].all()):
             raise ValueError(f"pruning needs the {N} image tokens (id {image}) as one contiguous span from "
                              f"inputs.visual_start={visual_start}, as the processor writes them")
 
@@ -605,8 +674,9 @@ class LlavaForConditionalGeneration(nn.Module):
 
         `inputs` is what the processor returns (input_ids (B, T), pixel_values (B, 3, S, S) and,
         for pruning, visual_start). With a cache, it must be empty; it is filled.
-        schedule (a pruning.Schedule, one sequence only): drops visual tokens before its stage
-        layers; T' = T - dropped tokens, since the logits come from the last layer's rows.
+        schedule (a pruning.Schedule, or for a batch one per prompt, None for a prompt not pruned):
+        drops visual tokens before its stage layers; T' = T - dropped tokens, since the logits come
+        from the last layer's rows (a batch: each prompt's first Prefill.lengths[b] rows).
         logits_to_keep=k > 0: only the last k rows' logits, (B, k, vocab).
         clock: a function returning seconds (the benchmark's); given, Prefill.pruning_seconds is
         the time spent choosing tokens.
@@ -622,13 +692,22 @@ class LlavaForConditionalGeneration(nn.Module):
         B, T = inputs.input_ids.shape
         self._check_context(T)
         text, side, N = self.config.text_config, self.config.vision_config.grid_side, self.config.num_visual_tokens
-        if schedule is not None:
-            if not hasattr(schedule, "pruner"):  # model.py does not import pruning.py: name the type wanted
-                raise TypeError(f"schedule must be a pruning.Schedule such as pruning.feather(num_layers=...), "
-                                f"not {type(schedule).__name__} {schedule!r}")
-            if B != 1:
-                raise ValueError(f"pruning takes one sequence (kept tokens differ per image); got a batch of {B}")
-            schedule.check(text.num_hidden_layers, N, (side, side))  # before any compute
+        lengths = getattr(inputs, "lengths", None)
+        if lengths is None and B > 1:  # a batch built by hand, without padding
+            lengths = [T] * B
+        if lengths is not None and (len(lengths) != B or not all(is_int(n) and 0 < n <= T for n in lengths)):
+            raise ValueError(f"inputs.lengths={lengths!r} must give each of the {B} prompts' length, 1 to {T}")
+        schedules = (list(schedule) if isinstance(schedule, (list, tuple))
+                     else None if schedule is None else [schedule] * B)
+        if schedules is not None:
+            if len(schedules) != B:
+                raise ValueError(f"{len(schedules)} schedules for a batch of {B}: give one, or one per prompt "
+                                 "(None for a prompt not pruned)")
+            for s in (s for s in schedules if s is not None):
+                if not hasattr(s, "pruner"):  # model.py does not import pruning.py: name the type wanted
+                    raise TypeError(f"schedule must be a pruning.Schedule such as pruning.feather(num_layers=...), "
+                                    f"not {type(s).__name__} {s!r}")
+                s.check(text.num_hidden_layers, N, (side, side))  # before any compute
             visual_start = getattr(inputs, "visual_start", None)
             if not is_int(visual_start):
                 raise TypeError(f"pruning needs inputs.visual_start, where the visual tokens begin (the processor's "
@@ -639,20 +718,28 @@ class LlavaForConditionalGeneration(nn.Module):
         input_ids = inputs.input_ids.to(self.device)
         features = self.patch_features(inputs.pixel_values.to(self.device, self.dtype))
         visual_tokens = self.multi_modal_projector(features)
-        pruner = None if schedule is None else schedule.pruner(N, (side, side), visual_start, text.rope_theta,
-                                                               features[0], clock, visual_tokens[0])
+        pruners = None if schedules is None else [
+            None if s is None else s.pruner(N, (side, side), visual_start, text.rope_theta, features[b], clock,
+                                            visual_tokens[b])
+            for b, s in enumerate(schedules)]
         positions = torch.arange(T, device=self.device).expand(B, T)
         h = self._splice(input_ids, visual_tokens)
-        logits = self.language_model(h, positions, cache, pruner, logits_to_keep)
+        real = None if lengths is None else torch.tensor(lengths, device=self.device)
+        logits = self.language_model(h, positions, cache, pruners, logits_to_keep, real)
         if cache is not None:
             cache.length = T
+            cache.positions = real  # each prompt's next position: its own length
         loss = None
         if labels is not None:  # position t predicts token t + 1
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
                                    ignore_index=-100)
-        if pruner is None:
-            return Prefill(logits.float(), loss=loss)
-        return Prefill(logits.float(), pruner.kept, pruner.seconds, loss)
+        if pruners is None:
+            return Prefill(logits.float(), loss=loss, lengths=lengths)
+        if lengths is None:  # one prompt: kept as today, 1-d per stage
+            return Prefill(logits.float(), pruners[0].kept, pruners[0].seconds, loss)
+        # each prompt's real rows of the logits: its length less the visual tokens it dropped
+        final = [n - N + len(p.present) if p else n for n, p in zip(lengths, pruners)]
+        return Prefill(logits.float(), batch_kept(pruners), sum(p.seconds for p in pruners if p), loss, final)
 
     def decode_step(self, token_ids: torch.Tensor, cache: KVCache, check_ids: bool = True) -> torch.Tensor:
         """One new token per sequence (B, 1) after a prefill -> its logits (B, 1, vocab), float32.
@@ -668,7 +755,11 @@ class LlavaForConditionalGeneration(nn.Module):
         self._check_context(cache.length + 1)
         if check_ids:
             self._check_vocabulary(token_ids)
-        positions = torch.full((token_ids.shape[0], 1), cache.length, device=self.device)
+        if cache.positions is None:
+            positions = torch.full((token_ids.shape[0], 1), cache.length, device=self.device)
+        else:  # a padded batch: each prompt continues from its own length
+            positions = cache.positions[:, None]
+            cache.positions = cache.positions + 1
         h = self.language_model.model.embed_tokens(token_ids.to(self.device))
         logits = self.language_model(h, positions, cache)
         cache.length += 1
@@ -676,10 +767,10 @@ class LlavaForConditionalGeneration(nn.Module):
 
     @torch.inference_mode()
     def generate(self, inputs, max_new_tokens: int = 32, schedule=None) -> Generation:
-        """Greedy decoding with the KV cache; stops at eos or after max_new_tokens.
-        With a schedule, the prefill prunes; decoding then reads the pruned caches and drops nothing."""
-        if inputs.input_ids.shape[0] != 1:
-            raise ValueError(f"generate takes one sequence; got a batch of {inputs.input_ids.shape[0]}")
+        """Greedy decoding with the KV cache; each prompt stops at eos or after max_new_tokens.
+        With a schedule (or one per prompt of a batch), the prefill prunes; decoding then reads the
+        pruned caches and drops nothing."""
+        B = inputs.input_ids.shape[0]
         if not is_int(max_new_tokens):
             raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
         if max_new_tokens < 1:
@@ -694,22 +785,24 @@ class LlavaForConditionalGeneration(nn.Module):
         cache = KVCache(self.config.text_config.num_hidden_layers, reserve=max_new_tokens - 1)
         prefill = self(inputs, cache, schedule, logits_to_keep=1)
         logits = prefill.logits[:, -1]
-        new = []
+        new, done = [[] for _ in range(B)], [False] * B
         while True:
-            next_id = logits.argmax(-1)  # (1,); ties go to the lowest id
-            # The token and whether its row was finite come to the host together: one sync per token.
+            next_id = logits.argmax(-1)  # (B,); ties go to the lowest id
+            # The tokens and whether their rows were finite come to the host together: one sync per token.
             # NaN logits would otherwise decode as a token and end as an empty answer.
-            token, finite = torch.cat((next_id, torch.isfinite(logits).all()[None])).tolist()
-            if not finite:
-                raise ValueError(f"non-finite logits at new token {len(new) + 1} (NaN or inf): the weights hold "
-                                 f"NaN/inf or the activations overflowed in {self.dtype}")
-            new.append(token)
-            if new[-1] in eos or len(new) == max_new_tokens:
+            values = torch.cat((next_id, torch.isfinite(logits).all(-1))).tolist()
+            for b in (b for b in range(B) if not done[b]):  # a finished prompt's row is computed, not read
+                if not values[B + b]:
+                    raise ValueError(f"non-finite logits at new token {len(new[b]) + 1} (NaN or inf): the weights "
+                                     f"hold NaN/inf or the activations overflowed in {self.dtype}")
+                new[b].append(values[b])
+                done[b] = values[b] in eos or len(new[b]) == max_new_tokens
+            if all(done):
                 break  # the last token is never fed back: no decode step is wasted on it
             logits = self.decode_step(next_id[:, None], cache, check_ids=False)[:, -1]
         tokenizer = getattr(inputs, "tokenizer", None)
-        text = tokenizer.decode(new, skip_special_tokens=True) if tokenizer is not None else None
-        return Generation(token_ids=new, text=text, kept=prefill.kept)
+        texts = [tokenizer.decode(n, skip_special_tokens=True) if tokenizer is not None else None for n in new]
+        return Generation(token_ids=new[0], text=texts[0], kept=prefill.kept, sequences=new, texts=texts)
 
     def _check_context(self, length: int) -> None:
         limit = self.config.text_config.max_position_embeddings

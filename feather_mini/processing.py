@@ -35,19 +35,24 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class Inputs:
-    """One prompt, ready for the model, with what every pruning criterion needs to know.
+    """One prompt, or a batch of them, ready for the model, with what every pruning criterion needs.
 
     The visual tokens occupy input_ids[:, visual_start : visual_start + num_visual_tokens] and
     come in raster order over a grid of grid_shape = (rows, cols) patches: row 0 (the top of
     the image) first, left to right. (With vision_feature_select_strategy "full", CLIP's
     CLS token comes first, so num_visual_tokens = rows * cols + 1.)
+    A batch is padded on the RIGHT: sample b's tokens are input_ids[b, :lengths[b]], at positions
+    0..lengths[b]-1, exactly as alone; every prompt opens with the same "USER: <image>", so the
+    visual span starts at the same index in each, and causal attention never lets a real token
+    see the padding after it.
     """
-    input_ids: torch.Tensor  # (1, T) int64; the visual span holds the image token id
-    pixel_values: torch.Tensor  # (1, 3, S, S) float32, normalized
+    input_ids: torch.Tensor  # (B, T) int64; the visual span holds the image token id
+    pixel_values: torch.Tensor  # (B, 3, S, S) float32, normalized
     visual_start: int
     num_visual_tokens: int
     grid_shape: tuple[int, int]
     tokenizer: Tokenizer | None = field(default=None, repr=False)  # lets generate() decode text
+    lengths: list[int] | None = None  # a batch's prompt lengths (None: one prompt, or all of length T)
 
 
 def read_json(path: Path):
@@ -262,7 +267,20 @@ class Processor:
         encoding = self.tokenizer.encode(question, add_special_tokens=False)
         return [question[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk]
 
-    def __call__(self, image: str | Path | Image.Image, question: str) -> Inputs:
-        input_ids, start = self.input_ids(question)
-        return Inputs(input_ids, self.pixel_values(image)[None], start, self.num_visual_tokens,
-                      self.grid_shape, self.tokenizer)
+    def __call__(self, image, question) -> Inputs:
+        """(image, question) -> one prompt's Inputs; ([images], [questions]) -> a batch's."""
+        if not isinstance(question, (list, tuple)):
+            input_ids, start = self.input_ids(question)
+            return Inputs(input_ids, self.pixel_values(image)[None], start, self.num_visual_tokens,
+                          self.grid_shape, self.tokenizer)
+        if not isinstance(image, (list, tuple)) or len(image) != len(question) or not question:
+            raise ValueError(f"a batch takes a list of images and a list of questions of one length; got "
+                             f"{len(image) if isinstance(image, (list, tuple)) else 'one image'} and {len(question)}")
+        rows = [self.input_ids(q)[0][0] for q in question]
+        lengths = [len(r) for r in rows]
+        input_ids = torch.zeros(len(rows), max(lengths), dtype=torch.long)  # id 0 after each prompt: never attended
+        for b, r in enumerate(rows):
+            input_ids[b, :len(r)] = r
+        pixel_values = torch.stack([self.pixel_values(i) for i in image])
+        return Inputs(input_ids, pixel_values, self.input_ids(question[0])[1], self.num_visual_tokens,
+                      self.grid_shape, self.tokenizer, lengths)

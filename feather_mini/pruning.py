@@ -644,8 +644,8 @@ def flops_reduction(kept, num_visual_tokens: int, num_text: int, num_layers: int
     return 1 - prefill_flops(kept, *sizes) / prefill_flops(None, *sizes)
 
 
-def flops_reduction_of(config, inputs, kept) -> float:
-    """flops_reduction for one prompt (the processor's Inputs) on a model of `config` (a LlavaConfig)."""
+def flops_reduction_of(config, kept, num_visual_tokens: int, prompt_length: int) -> float:
+    """flops_reduction for one prompt of `prompt_length` tokens on a model of `config` (a LlavaConfig)."""
     text = config.text_config
-    return flops_reduction(kept, inputs.num_visual_tokens, inputs.input_ids.shape[1] - inputs.num_visual_tokens,
-                           text.num_hidden_layers, text.hidden_size, text.intermediate_size)
+    return flops_reduction(kept, num_visual_tokens, prompt_length - num_visual_tokens, text.num_hidden_layers,
+                           text.hidden_size, text.intermediate_size)

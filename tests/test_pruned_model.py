@@ -187,12 +187,13 @@ def test_bad_schedule_fails_before_any_compute(loaded):
     assert calls == []
 
 
-def test_pruning_takes_one_sequence(loaded):
-    """Kept tokens differ per image, so a batch of 2 is refused with a schedule."""
+def test_a_batch_built_by_hand_prunes_each_prompt(loaded):
+    """A batch of 2 equal prompts (no padding, no lengths given) prunes each as alone: kept is (2, k), each
+    row the single prompt's kept indices (this was refused before batches were supported)."""
     model, inputs = loaded
     batch = Inputs(inputs.input_ids.repeat(2, 1), inputs.pixel_values.repeat(2, 1, 1, 1), START, N, (24, 24))
-    with pytest.raises(ValueError, match="pruning takes one sequence .*; got a batch of 2"):
-        model(batch, schedule=FASTV_AT_3)
+    alone, both = model(inputs, schedule=FASTV_AT_3).kept[3], model(batch, schedule=FASTV_AT_3).kept[3]
+    assert both.shape == (2, len(alone)) and torch.equal(both[0], alone) and torch.equal(both[1], alone)
 
 
 @pytest.mark.parametrize("start", [START - 1, START + 1, T - N + 1, T])
