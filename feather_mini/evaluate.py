@@ -68,6 +68,7 @@ def synthetic_cases(limit: int, seed: int = 0) -> list[Case]:
     return cases
 
 
+BATCH_SIZE = 16  # questions a batch: the fastest measured on a 2-core CPU (README, "Batches")
 MAX_LINE, MAX_EXPRESSION = 100_000, 2_000  # characters: RefCOCO's longest expressions are a few hundred
 
 
@@ -181,7 +182,8 @@ def answers(model, processor, images: list, questions: list[str], schedules: lis
                 target = [round(v, 2) for v in box_in_square(reference.box, image.size)]
                 iou = synthetic.iou(box, target) if box else 0.0
         own = schedules[b].layers if schedules and schedules[b] else []  # a batch may mix schedules (the demo's)
-        kept = {layer: out.kept[layer][b][out.kept[layer][b] >= 0] for layer in own}  # a ragged stage's padding dropped
+        rows = {layer: out.kept[layer][b] for layer in own}
+        kept = {layer: row[row >= 0] for layer, row in rows.items()}  # a ragged stage's -1 padding dropped
         results.append(Answer(text, correct, iou, kept, {layer: processor.grid_cells(k) for layer, k in kept.items()},
                               pruning.flops_reduction_of(model.config, kept, inputs.num_visual_tokens,
                                                          inputs.lengths[b])))
@@ -200,7 +202,7 @@ def accuracy(hits: list[bool]) -> tuple[float | None, float | None]:
 
 
 def evaluate(model, processor, cases: list[Case], method: str, schedule, progress=None,
-             max_new_tokens: int = 32, batch_size: int = 1) -> tuple[dict, list[int]]:
+             max_new_tokens: int = 32, batch_size: int = BATCH_SIZE) -> tuple[dict, list[int]]:
     """One row: generate an answer for every case under `schedule` and score it, batch_size cases
     at a time (the same answers as one at a time). Also returns how many kept visual tokens (first
     stage) fell in each row of the grid, over all cases."""
@@ -283,9 +285,6 @@ def table(rows: list[dict]) -> str:
 
 # -----------------------------------------------------------------------------
 # Command line
-
-
-BATCH_SIZE = 16  # eval's and heatmap's default: the fastest measured on a 2-core CPU (README, "Batches")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
