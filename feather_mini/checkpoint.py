@@ -339,15 +339,21 @@ def read_text_checkpoint(folder: str | Path) -> tuple[TextConfig, dict[str, torc
     may be absent)."""
     folder = Path(folder)
     config, tied = text_config_from_dict(read_json(folder / "config.json"), str(folder / "config.json"))
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config, tied).state_dict().items()
-                    if not (tied and k == "lm_head.weight")}
+    expected = text_shapes(config, tied)
     file = folder / "model.safetensors"
     state = {k: v.float() for k, v in read_tensors(file).items()}
     wrong = first_mismatch(expected, state, "the model in config.json")
     if wrong:
         raise CheckpointError(f"{file}: {wrong}")
     return config, state, tied
+
+
+def text_shapes(config: TextConfig, tied: bool) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a Llama text checkpoint of `config`, from model.py's own module (built on
+    the meta device: no memory, no init); a tied lm_head is the embedding, so not listed."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config, tied)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
 
 
 def first_mismatch(expected: dict[str, tuple], tensors: dict[str, torch.Tensor], whose: str) -> str | None:

@@ -102,9 +102,9 @@ def progress_line(prefix: str, n: int, of: int, label: str, total: int):
 def output_path(text: str | None, default_name: str) -> Path:
     """--out, checked before anything runs, so that a bad path does not waste the run. Without one,
     `default_name` in the cache folder (checkpoint.cache_dir): never a stray file in a checkout."""
-    if text is None:
-        (cache_dir() / default_name).parent.mkdir(parents=True, exist_ok=True)
     out = Path(text) if text is not None else cache_dir() / default_name
+    if text is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {text!r}")
     if out.is_dir():

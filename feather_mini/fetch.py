@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from . import smol
-from .checkpoint import FEATHER_SMOL, cache_dir, read_text_checkpoint, shipped_weights
+from .checkpoint import FEATHER_SMOL, cache_dir, read_text_checkpoint, shipped_weights, text_shapes
 from .model import KVCache, LlamaForCausalLM, TextConfig
 
 
@@ -340,16 +340,9 @@ def gguf_names(num_layers: int) -> dict[str, str]:
     return names
 
 
-def expected_shapes(config: TextConfig) -> dict[str, tuple[int, ...]]:
-    """Each tensor's shape, from model.py's own module (built on the meta device: no memory, no init)."""
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config, tie_word_embeddings=True)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
-
-
 def read_tensors(reader, config: TextConfig, path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the file, float32, under its HF Llama key; q and k in HF's row order."""
-    names, shapes = gguf_names(config.num_hidden_layers), expected_shapes(config)
+    names, shapes = gguf_names(config.num_hidden_layers), text_shapes(config, tied=True)
     heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
     tensors = {}
     for tensor in reader.tensors:

@@ -27,7 +27,6 @@ from .processing import json_object, read_json
 # recommends (adapting attention alone fell short of full fine-tuning there).
 TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-DECODER = "language_model.model.layers."
 DELTA_FILE, DELTA_JSON = "delta.safetensors", "delta.json"
 # Tensor names in the delta: the adapted Linear's key, then these.
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
@@ -47,23 +46,19 @@ class LowRankDelta(nn.Module):
         return weight + self.scale * (self.lora_B @ self.lora_A).to(weight.dtype)
 
 
-def add_adapters(model: nn.Module, rank: int, alpha: float, seed: int) -> list[str]:
-    """Freeze the decoder and give each target Linear of every layer an adapter (A drawn from
-    `seed`); returns the adapted Linears' keys ('language_model.model.layers.0.self_attn.q_proj')."""
+def add_adapters(model: nn.Module, rank: int, alpha: float, seed: int) -> None:
+    """Freeze the decoder and give each target Linear of every layer an adapter (A drawn from `seed`)."""
     if rank < 1:
         raise ValueError(f"LoRA rank must be at least 1, got {rank}")
     model.language_model.requires_grad_(False)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    adapted = []
-    for i, layer in enumerate(model.language_model.model.layers):
+    for layer in model.language_model.model.layers:
         for target in TARGETS:
             linear = layer.get_submodule(target)
             parametrize.register_parametrization(
                 linear, "weight", LowRankDelta(linear.out_features, linear.in_features, rank, alpha))
-            adapted.append(f"{DECODER}{i}.{target}")
     torch.random.set_rng_state(generator_state)
-    return adapted
 
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -434,6 +434,7 @@ class LlamaForCausalLM(nn.Module):
         # cos/sin depend only on the positions: computed once, shared by every layer.
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         stages = set().union(*(p.layers for p in pruners if p)) if pruners else set()
+        padded = is_padded(lengths, x)  # read on the host once here and after each stage, not per layer
         for i, layer in enumerate(self.model.layers):
             rows = qk = None
             if i + 1 in stages:
@@ -443,8 +444,8 @@ class LlamaForCausalLM(nn.Module):
                 rows = [p.select(i + 1, qk[0][b:b + 1, :, :n], qk[1][b:b + 1, :, :n], positions[b:b + 1, :n],
                                  x[b:b + 1, :n]) if p and i + 1 in p.layers else torch.arange(n, device=x.device)
                         for b, (p, n) in enumerate(zip(pruners, real_rows(lengths, x)))]
-            if cache is not None and lengths is not None:
-                cache.mark_padding(i, lengths, x.shape[1])
+            if cache is not None and lengths is not None:  # a batch's prefill (decoding reads the marks)
+                cache.mark_padding(i, lengths if padded else None, x.shape[1])
             x = layer(x, cos, sin, cache, i, qk)
             if rows is not None:
                 # Later layers see only these rows (text and kept visual tokens), at their ORIGINAL positions.
@@ -454,10 +455,16 @@ class LlamaForCausalLM(nn.Module):
                     index, lengths = padded_rows(rows)
                     batch = torch.arange(len(rows), device=index.device)[:, None]
                     x, positions, cos, sin = (t[batch, index] for t in (x, positions, cos, sin))
+                    padded = is_padded(lengths, x)
         if lengths is None or logits_to_keep == 0:
             return self.lm_head(self.model.norm(x[:, -logits_to_keep:]))
         last = lengths[:, None] - logits_to_keep + torch.arange(logits_to_keep, device=x.device)  # (B, k)
         return self.lm_head(self.model.norm(x[torch.arange(x.shape[0], device=x.device)[:, None], last]))
+
+
+def is_padded(lengths: torch.Tensor | None, x: torch.Tensor) -> bool:
+    """Whether some sequence of the batch x (B, T, d) has fewer than T real rows."""
+    return lengths is not None and bool((lengths < x.shape[1]).any())
 
 
 def real_rows(lengths: torch.Tensor | None, x: torch.Tensor) -> list[int]:
@@ -525,9 +532,10 @@ class KVCache:
     def values(self) -> list[torch.Tensor | None]:
         return [None if b is None else b[:, :, :n] for b, n in zip(self._values, self._seen)]
 
-    def mark_padding(self, layer: int, real: torch.Tensor, rows: int) -> None:
-        """The prefill wrote `rows` rows at `layer`, of which sample b's first real[b] are its own."""
-        self._real[layer] = None if bool((real == rows).all()) else (real, rows)
+    def mark_padding(self, layer: int, real: torch.Tensor | None, rows: int) -> None:
+        """The prefill wrote `rows` rows at `layer`, of which sample b's first real[b] are its own
+        (real None: all of them)."""
+        self._real[layer] = None if real is None else (real, rows)
 
     def padding_mask(self, layer: int) -> torch.Tensor | None:
         """(B, 1, 1, S) True where a decoded token may attend at `layer`; None when nothing is padding."""

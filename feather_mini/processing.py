@@ -276,11 +276,11 @@ class Processor:
         if not isinstance(image, (list, tuple)) or len(image) != len(question) or not question:
             raise ValueError(f"a batch takes a list of images and a list of questions of one length; got "
                              f"{len(image) if isinstance(image, (list, tuple)) else 'one image'} and {len(question)}")
-        rows = [self.input_ids(q)[0][0] for q in question]
-        lengths = [len(r) for r in rows]
-        input_ids = torch.zeros(len(rows), max(lengths), dtype=torch.long)  # id 0 after each prompt: never attended
-        for b, r in enumerate(rows):
-            input_ids[b, :len(r)] = r
+        encoded = [self.input_ids(q) for q in question]  # (ids (1, T_b), visual start): the start is one for all
+        lengths = [ids.shape[1] for ids, _ in encoded]
+        input_ids = torch.zeros(len(encoded), max(lengths), dtype=torch.long)  # id 0 after each prompt: never attended
+        for b, (ids, _) in enumerate(encoded):
+            input_ids[b, :lengths[b]] = ids[0]
         pixel_values = torch.stack([self.pixel_values(i) for i in image])
-        return Inputs(input_ids, pixel_values, self.input_ids(question[0])[1], self.num_visual_tokens,
-                      self.grid_shape, self.tokenizer, lengths)
+        return Inputs(input_ids, pixel_values, encoded[0][1], self.num_visual_tokens, self.grid_shape,
+                      self.tokenizer, lengths)

@@ -18,7 +18,6 @@ from conftest import config_of, raises, read_tensors, write_tensors
 Q_PROJ = "language_model.model.layers.1.self_attn.q_proj.weight"
 
 
-
 def write_config(folder, config):
     (folder / "config.json").write_text(json.dumps(config))
 

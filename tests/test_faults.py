@@ -23,8 +23,6 @@ def parse(out, *options):
                          "--val", "0", "--threads", "1", "--checkpoint-every", "1", *options])
 
 
-
-
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     """(folder, losses) of an uninterrupted 3-step run."""

@@ -119,7 +119,6 @@ def hf_tokenizer(tiny):
     return AutoTokenizer.from_pretrained(tiny.parent, gguf_file=tiny.name)
 
 
-
 def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 

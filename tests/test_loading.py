@@ -13,7 +13,6 @@ from conftest import raises, read_tensors, write_tensors
 Q_PROJ = "language_model.model.layers.1.self_attn.q_proj.weight"
 
 
-
 def test_missing_tensor(ckpt_copy):
     """A tensor the config implies but no file holds: named with its expected shape."""
     file = ckpt_copy / "model.safetensors"

@@ -20,7 +20,6 @@ from conftest import raises
 CONTROL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # SmolLM2's ids 0, 1, 2
 
 
-
 def write_base(folder, seed=0):
     """A Llama text checkpoint laid out as `fetch smollm2` writes one, with random weights."""
     folder.mkdir(parents=True)

@@ -22,8 +22,6 @@ def parse(out, *options):
                          "--val", "0", "--threads", "1", *options])
 
 
-
-
 @pytest.fixture(scope="module")
 def run3(tmp_path_factory):
     """(output folder, losses) of one uninterrupted 3-step run."""
