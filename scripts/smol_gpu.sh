@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # feather-smol end to end on one GPU, as one run: SmolLM2 from its GGUF, the LoRA training of
 # weights/feather-smol, the full folder built from base + delta, then Table 1's headline rows on
-# the first LIMIT test questions (float32). The recipe is fixed here, before any pruned number is
-# seen (the model card repeats it); STEPS and LIMIT, and BATCH and VAL in the environment, shrink
+# the first LIMIT test questions (float32). The recipe was fixed before any pruned number was
+# seen (scripts/smol_recipe.sh); STEPS and LIMIT, and BATCH and VAL in the environment, shrink
 # it for a dry run on the CPU only:
 #
 #   scripts/smol_gpu.sh GGUF WORK OUT [STEPS] [LIMIT]        # GPU: DEVICE=cuda (default)
@@ -20,6 +20,7 @@ set -euo pipefail
 gguf=$1; work=$2; out=$3; steps=${4:-1500}; limit=${5:-400}
 device=${DEVICE:-cuda}; workers=${WORKERS:-12}; batch=${BATCH:-16}; val=${VAL:-100}; deadline=${DEADLINE:-0}
 mkdir -p "$work" "$out"
+source "$(dirname "$0")/smol_recipe.sh"
 py=${PYTHON:-python}
 fm() { "$py" -m feather_mini "$@"; }
 left() { if (( deadline )); then echo $(( deadline - $(date +%s) )); else echo 86400; fi; }
@@ -27,10 +28,9 @@ left() { if (( deadline )); then echo $(( deadline - $(date +%s) )); else echo 8
 fm fetch smollm2 --gguf "$gguf" --cache "$work/cache" 2>&1 | tee "$out/fetch.txt"
 start=$(date +%s)
 # Stopped 45 s before DEADLINE, so that the last checkpoint's delta still comes back (train.txt says so).
-timeout "$(( $(left) > 46 ? $(left) - 45 : 1 ))" "$py" -m feather_mini train --preset smol --base "$work/cache/smollm2" \
-    --device "$device" --workers "$workers" --out "$work/run" \
-    --steps "$steps" --batch "$batch" --turns 8 --lookalike 0.5 --curriculum 0 --lr 5e-4 --warmup 100 \
-    --lora-rank 16 --lora-alpha 32 --seed 0 --val "$val" --checkpoint-every 500 --log-every 50 2>&1 | tee "$out/train.txt" \
+timeout "$(( $(left) > 46 ? $(left) - 45 : 1 ))" "$py" -m feather_mini train "${RECIPE[@]}" --base "$work/cache/smollm2" \
+    --device "$device" --workers "$workers" --out "$work/run" --steps "$steps" --batch "$batch" \
+    --val "$val" --checkpoint-every 500 --log-every 50 2>&1 | tee "$out/train.txt" \
     || echo "train: stopped, exit $? (124: at DEADLINE)" | tee -a "$out/train.txt"
 echo "training wall time: $(( $(date +%s) - start )) s" | tee -a "$out/train.txt"
 test -f "$work/run/delta.safetensors" || { echo "no delta in $work/run"; exit 1; }

@@ -10,6 +10,7 @@
 set -euo pipefail
 src=$1; work=$2
 device=${DEVICE:-cuda}; workers=${WORKERS:-12}; batch=${BATCH:-16}; steps=${STEPS:-20}; limit=${LIMIT:-16}
+source "$(dirname "$0")/smol_recipe.sh"
 py=${PYTHON:-python}   # PYTHON=python3 where there is no `python`
 fm() { "$py" -m feather_mini "$@"; }
 now() { date +%s.%N | cut -c1-14; }
@@ -31,9 +32,8 @@ for name in ("config.json", "tokenizer.json", "source.json"):
     shutil.copy(src / name, dst / name)
 PY
 s=$(now)
-fm train --preset smol --base "$work/cache/smollm2" --device "$device" --workers "$workers" --out "$work/run" \
-    --steps "$steps" --batch "$batch" --turns 8 --lookalike 0.5 --curriculum 0 --lr 5e-4 --warmup 100 \
-    --lora-rank 16 --lora-alpha 32 --seed 0 --val 16 --checkpoint-every "$steps" --log-every 5
+fm train "${RECIPE[@]}" --base "$work/cache/smollm2" --device "$device" --workers "$workers" --out "$work/run" \
+    --steps "$steps" --batch "$batch" --val 16 --checkpoint-every "$steps" --log-every 5
 echo "train: $s .. $(now)"
 s=$(now); fm fetch feather-smol --delta "$work/run" --out "$work/feather-smol" --cache "$work/cache"; echo "build: $s .. $(now)"
 s=$(now); fm eval --weights "$work/feather-smol" --device "$device" --dtype float32 --limit "$limit" --methods none,fastv

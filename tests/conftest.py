@@ -1,5 +1,6 @@
 """Shared fixtures: a word-level tokenizer built in process, and tiny random LLaVA checkpoints
 saved by transformers (the independent reference). Nothing is downloaded."""
+import argparse
 import json
 import os
 import re
@@ -17,6 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
 
+from feather_mini import train  # noqa: E402
+
 VOCAB = 64  # text vocabulary of the tiny models
 IMAGE_ID = 63  # the <image> placeholder's id, last in the vocabulary as in llava-hf (32000 of 32064)
 WORDS = ["<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "What", "is", "in", "the", "picture?", "a", "red", "square"]
@@ -33,6 +36,25 @@ def keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def train_args(out, *options, preset="test", batch=2, turns=2):
+    """train's command line: `batch` chats of <= `turns` questions per step, no validation, one thread.
+    --warmup 3 keeps steps 0..2 in the warm-up, where lr = 5e-4 * (step + 1) / 3 whatever --steps is."""
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    return p.parse_args(["--out", str(out), "--preset", preset, "--batch", str(batch), "--turns", str(turns),
+                         "--warmup", "3", "--val", "0", "--threads", "1", *options])
+
+
+def train_keeping_threads(args) -> list[float]:
+    """train.train(args), then torch's thread count put back: for module-scoped fixtures, which
+    keep_torch_threads (per test) does not cover."""
+    threads = torch.get_num_threads()
+    try:
+        return train.train(args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def make_tokenizer() -> Tokenizer:

@@ -7,11 +7,11 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from feather_mini import evaluate, pruning, synthetic, train
 from feather_mini.__main__ import main
 from feather_mini.processing import box_in_square
+from conftest import train_keeping_threads
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +20,8 @@ def weights(tmp_path_factory):
     out = tmp_path_factory.mktemp("weights")
     p = argparse.ArgumentParser()
     train.add_arguments(p)
-    threads = torch.get_num_threads()
-    train.train(p.parse_args(["--out", str(out), "--preset", "test", "--steps", "1", "--batch", "1", "--val", "0"]))
-    torch.set_num_threads(threads)
+    train_keeping_threads(p.parse_args(["--out", str(out), "--preset", "test", "--steps", "1", "--batch", "1",
+                                        "--val", "0"]))
     return str(out)
 
 

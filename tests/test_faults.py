@@ -2,7 +2,6 @@
 """Training that survives a kill at any moment, checkpoints that are checked before they are
 trusted, one run per --out, and a diverged run that stops before it overwrites anything: each
 case a hostile user tried (the faults issue), on the tiny 'test' preset."""
-import argparse
 import json
 import os
 import re
@@ -13,24 +12,19 @@ from safetensors.torch import load_file, save_file
 
 from feather_mini import checkpoint, train
 from feather_mini.checkpoint import CheckpointError
-from conftest import raises
+from conftest import raises, train_args, train_keeping_threads
 
 
 def parse(out, *options):
-    p = argparse.ArgumentParser()
-    train.add_arguments(p)
-    return p.parse_args(["--out", str(out), "--preset", "test", "--batch", "1", "--turns", "1", "--warmup", "3",
-                         "--val", "0", "--threads", "1", "--checkpoint-every", "1", *options])
+    """1 chat of 1 question per step, a checkpoint after every step."""
+    return train_args(out, "--checkpoint-every", "1", *options, batch=1, turns=1)
 
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     """(folder, losses) of an uninterrupted 3-step run."""
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("whole")
-    losses = train.train(parse(out, "--steps", "3"))
-    torch.set_num_threads(threads)
-    return out, losses
+    return out, train_keeping_threads(parse(out, "--steps", "3"))
 
 
 def resign(folder, change):

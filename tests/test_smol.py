@@ -2,7 +2,6 @@
 """The smol preset (feather-smol): its layout, LoRA on a frozen pretrained decoder, training that
 resumes exactly, and the full folder built from a base and a delta. A tiny stand-in of SmolLM2
 (4 layers of width 32, a byte-level tokenizer with SmolLM2's three control tokens) plays the base."""
-import argparse
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from feather_mini import lora, smol, train
 from feather_mini import CheckpointError
 from feather_mini.__main__ import main as cli
 from feather_mini.model import LlamaForCausalLM
-from conftest import raises
+from conftest import raises, train_args, train_keeping_threads
 
 CONTROL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # SmolLM2's ids 0, 1, 2
 
@@ -51,10 +50,7 @@ def base(tmp_path_factory):
 
 def parse(out, base, *options):
     """train's command line on the smol preset: 1 chat of 1 question per step, no validation."""
-    p = argparse.ArgumentParser()
-    train.add_arguments(p)
-    return p.parse_args(["--out", str(out), "--preset", "smol", "--base", str(base), "--batch", "1", "--turns", "1",
-                         "--warmup", "3", "--val", "0", "--threads", "1", "--lora-rank", "2", *options])
+    return train_args(out, "--base", str(base), "--lora-rank", "2", *options, preset="smol", batch=1, turns=1)
 
 
 # -----------------------------------------------------------------------------
@@ -127,11 +123,8 @@ def test_base_with_a_missing_tensor_is_named(base, tmp_path):
 
 @pytest.fixture(scope="module")
 def run3(base, tmp_path_factory):
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("smolrun")
-    losses = train.train(parse(out, base, "--steps", "3"))
-    torch.set_num_threads(threads)
-    return out, losses
+    return out, train_keeping_threads(parse(out, base, "--steps", "3"))
 
 
 def test_output_is_a_delta_on_the_base(run3):

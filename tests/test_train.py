@@ -1,7 +1,6 @@
 # python -m pytest tests/test_train.py -q
 """Training on the tiny 'test' preset: reproducible losses, a resume that continues exactly where
 an uninterrupted run would be, and an output folder that both loaders read as llava-hf's format."""
-import argparse
 import json
 
 import pytest
@@ -10,26 +9,17 @@ from safetensors.torch import load_file, save_file
 
 import feather_mini as fm
 from feather_mini import synthetic, train
-from conftest import raises
+from conftest import raises, train_args, train_keeping_threads
 
 
-def parse(out, *options):
-    """train's command line on the tiny preset: 2 chats of <= 2 questions per step, no validation.
-    --warmup 3 keeps steps 0..2 in the warm-up, where lr = 5e-4 * (step + 1) / 3 whatever --steps is."""
-    p = argparse.ArgumentParser()
-    train.add_arguments(p)
-    return p.parse_args(["--out", str(out), "--preset", "test", "--batch", "2", "--turns", "2", "--warmup", "3",
-                         "--val", "0", "--threads", "1", *options])
+parse = train_args  # the tiny preset: 2 chats of <= 2 questions per step, no validation
 
 
 @pytest.fixture(scope="module")
 def run3(tmp_path_factory):
     """(output folder, losses) of one uninterrupted 3-step run."""
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("run3")
-    losses = train.train(parse(out, "--steps", "3"))
-    torch.set_num_threads(threads)
-    return out, losses
+    return out, train_keeping_threads(parse(out, "--steps", "3"))
 
 # -----------------------------------------------------------------------------
 # Reproducibility and resuming
