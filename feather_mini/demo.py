@@ -73,7 +73,7 @@ def time_prefills(model, inputs, schedules: dict, repeats: int) -> dict[str, lis
 
 
 def run(model, processor, image, prompt: str, methods: list[str], question: synthetic.Question | None = None,
-        max_new_tokens: int = 32, repeats: int = 5) -> list[dict]:
+        max_new_tokens: int = synthetic.ANSWER_TOKENS, repeats: int = 5) -> list[dict]:
     """One row per method: its schedule, answer, score (when `question` holds the reference),
     kept indices per stage (original indices, raster order), FLOPs reduction, the median prefill
     time, and prefill_ratio: the median over rounds of its time / the unpruned prefill's in the
@@ -157,7 +157,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None,
                    help="where to write the picture (default: demo.png in the cache, ~/.cache/feather_mini)")
     p.add_argument("--json", action="store_true", help="print the table as JSON on stdout, kept indices included")
-    p.add_argument("--max-new-tokens", type=cli.positive_int, default=32, help="answer length limit")
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=synthetic.ANSWER_TOKENS, help="answer length limit")
     p.add_argument("--repeats", type=cli.positive_int, default=5,
                    help="timed prefills per method (the median is reported)")
 

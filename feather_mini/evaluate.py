@@ -156,7 +156,8 @@ class Answer:
     flops_reduction: float  # FastV's count for this model's decoder and this prompt
 
 
-def answer(model, processor, image, question: str, schedule=None, reference=None, max_new_tokens: int = 32) -> Answer:
+def answer(model, processor, image, question: str, schedule=None, reference=None,
+           max_new_tokens: int = synthetic.ANSWER_TOKENS) -> Answer:
     """Ask one question about one image under `schedule` (None: no pruning), greedily, and score it
     against `reference` (anything with task, answer and box, as a Case or a synthetic.Question;
     its box in the pixels of `image`). The one per-question step of eval, demo and the tutorial."""
@@ -165,7 +166,7 @@ def answer(model, processor, image, question: str, schedule=None, reference=None
 
 
 def answers(model, processor, images: list, questions: list[str], schedules: list | None = None,
-            references: list | None = None, max_new_tokens: int = 32) -> list[Answer]:
+            references: list | None = None, max_new_tokens: int = synthetic.ANSWER_TOKENS) -> list[Answer]:
     """`answer` for a batch, in one prefill and one generate: each question is pruned by its own
     schedule (None: none pruned) and answered as it would be alone."""
     images = [load_image(i) for i in images]
@@ -202,7 +203,7 @@ def accuracy(hits: list[bool]) -> tuple[float | None, float | None]:
 
 
 def evaluate(model, processor, cases: list[Case], method: str, schedule, progress=None,
-             max_new_tokens: int = 32, batch_size: int = BATCH_SIZE) -> tuple[dict, list[int]]:
+             max_new_tokens: int = synthetic.ANSWER_TOKENS, batch_size: int = BATCH_SIZE) -> tuple[dict, list[int]]:
     """One row: generate an answer for every case under `schedule` and score it, batch_size cases
     at a time (the same answers as one at a time). Also returns how many kept visual tokens (first
     stage) fell in each row of the grid, over all cases."""
@@ -296,7 +297,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="a RefCOCO-style JSONL file (image, expression, box in pixels) instead of the test split")
     p.add_argument("--template", default="Where is the {expression}?",
                    help="the question asked for each --data expression (default: the shipped model's)")
-    p.add_argument("--max-new-tokens", type=cli.positive_int, default=32,
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=synthetic.ANSWER_TOKENS,
                    help="answer length limit (the shipped model stops after 5; a 7B box takes about 25 tokens)")
     p.add_argument("--batch-size", type=cli.positive_int, default=BATCH_SIZE,
                    help=f"questions answered in one prefill and generate (default {BATCH_SIZE}); the same answers as "

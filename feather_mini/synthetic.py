@@ -38,6 +38,9 @@ SHAPES = ("circle", "square", "triangle")
 TASKS = ("loc", "colour", "count", "exist")  # the evaluated tasks; "caption" is for training only
 MAX_OBJECTS = 4
 NUMBERS = tuple(str(n) for n in range(MAX_OBJECTS + 1))
+# Room for the longest answer with any shipped tokenizer, so that eval, the demo and training's
+# validation never cut one: a box is 4 tokens for the word-level models, 24 for SmolLM2 (digit by digit).
+ANSWER_TOKENS = 32
 CAPTION_QUESTION = "Describe the image."
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive

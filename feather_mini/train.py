@@ -221,7 +221,8 @@ def validate(model, processor, n: int, seed: int) -> dict[str, float]:
     hits: dict[str, list[bool]] = {}
     for i in range(n):
         ex = synthetic.example("val", i, seed)
-        answer = model.generate(processor(ex.scene.image(), ex.question.question), max_new_tokens=8).text
+        answer = model.generate(processor(ex.scene.image(), ex.question.question),
+                                synthetic.ANSWER_TOKENS).text
         hits.setdefault(ex.question.task, []).append(synthetic.answer_correct(ex.question, answer, ex.scene.size))
     return {task: sum(h) / len(h) for task, h in sorted(hits.items())}
 
