@@ -3,7 +3,7 @@ the same evaluate() as `python -m feather_mini eval`.
 
     python scripts/feather_stages.py > results/feather_stages.txt     # feather-tiny, about 4 minutes on 2 cores
     python scripts/feather_stages.py weights/feather-576 > results/feather_stages_576.txt
-    python scripts/feather_stages.py feather-smol 200 > results/feather_stages_smol.txt    # about an hour
+    python scripts/feather_stages.py feather-smol 200 > results/feather_stages_smol.txt    # about 1.5 hours
 
 The layers are the presets' scaled to the model's depth L (8 for the shipped models: FEATHER's
 stages at 2 and 4, FastV's layer 1; 30 for feather-smol: 8, 15 and 3); "from layer K" = layers
