@@ -41,7 +41,8 @@ if __name__ == "__main__":
     cases = evaluate.synthetic_cases(limit)
     done = {}
     if done_file.is_file():
-        done = {row["method"]: row for row in map(json.loads, done_file.read_text().splitlines()) if row}
+        rows = [json.loads(line) for line in done_file.read_text().splitlines() if line.strip()]
+        done = {row["method"]: row for row in rows}
     for name, schedule in schedules(model.config.text_config.num_hidden_layers).items():
         if name not in done:
             done[name] = evaluate.evaluate(model, processor, cases, name, schedule)[0]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import FEATHER_SMOL_BUILT, needs_feather_smol
+from conftest import FEATHER_SMOL_MISSING
 
 TUTORIAL = Path(__file__).resolve().parent.parent / "tutorial"
 CHAPTERS = sorted(TUTORIAL.glob("[0-9][0-9]-*.md"))
@@ -160,8 +160,8 @@ NEEDS_FEATHER_SMOL = 'load_pretrained("feather-smol")'  # a chapter that reads f
 def test_chapter(chapter, tmp_path, monkeypatch):
     """Every python block of the chapter runs, and prints what the chapter shows (a chapter on
     feather-smol is skipped, with the commands that build it, where it is not built)."""
-    if NEEDS_FEATHER_SMOL in chapter.read_text() and not FEATHER_SMOL_BUILT:
-        pytest.skip(needs_feather_smol.kwargs["reason"])
+    if NEEDS_FEATHER_SMOL in chapter.read_text() and FEATHER_SMOL_MISSING:
+        pytest.skip(FEATHER_SMOL_MISSING)
     monkeypatch.chdir(tmp_path)
     assert run_chapter(chapter.name, chapter.read_text()) > 0, f"{chapter.name} has no python block to run"
     for name in SAVED_PICTURE.findall(chapter.read_text()):  # drawn now in tmp_path: the committed one, pixel for pixel
