@@ -284,6 +284,21 @@ def table(rows: list[dict]) -> str:
                      f"{acc(r, 'other')} | {acc(r, 'loc_top')} | {acc(r, 'loc_bottom')} | {pct(r['bottom_share'])} |")
     return "\n".join(lines)
 
+
+def table_rows(text: str) -> dict[str, str]:
+    """The lines of the tables that table() wrote into `text` (eval's output, as kept in results/),
+    each by its row's name: method and layer as "fastv 3" ("none -" unpruned, "feather 2,4"); under
+    "header", the first table's two header lines, whose column names carry each count n. A name
+    met twice (two tables of one model) keeps its first line."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    if len(lines) < 2 or not lines[0].startswith("| method | layer |"):
+        raise ValueError("table_rows: no eval table in the text (it starts with '| method | layer |')")
+    rows = {"header": "\n".join(lines[:2])}
+    for line in lines[2:]:
+        if not line.startswith(("| method |", "|---")):  # a later table's header
+            rows.setdefault(" ".join(cell.strip() for cell in line.split("|")[1:3]), line)
+    return rows
+
 # -----------------------------------------------------------------------------
 # Command line
 

@@ -11,6 +11,8 @@
 - distance_figure: how often each visual token is kept against its distance to the last
   prompt token, one panel per method, the grid rows marked.
 - layers_figure: the visual tokens each method holds at every decoder layer.
+- curves_figure: accuracy against FLOPs reduction, one line per series, each point with its
+  standard error as a bar; panels side by side (boxes, the other questions).
 """
 from __future__ import annotations
 
@@ -354,4 +356,57 @@ def layers_figure(series: list[tuple[str, list[int]]], title: str) -> Image.Imag
     draw.text((left, top + plot + 22), "decoder layer", fill=INK, font=font(13))
     vertical_text(figure, "visual tokens held", MARGIN, top + plot // 2)
     legend(draw, MARGIN, top + plot + 48, entries)
+    return figure
+
+
+def curves_figure(panels: list[dict], title: str, width: int = 330) -> Image.Image:
+    """Accuracy (y, 0-100%) against FLOPs reduction (x, %), panels side by side sharing one legend.
+
+    panels: one dict each with 'caption' (a line) and 'series': (label, points), points a list of
+    (x %, y %, standard error in points); the same labels, in the same order, in every panel. A
+    series is a line through its points in order of x, a dot on each and a bar of +-1 standard
+    error; series i has colour SERIES[i] (the legend wraps to the figure's width). width: one
+    panel's plot, in px."""
+    plot = 220  # px
+    xs = [x for panel in panels for _, points in panel["series"] for x, _, _ in points]
+    low, high = 10 * math.floor(min(xs) / 10), 10 * math.ceil(max(xs) / 10)  # x spans whole tens
+    high = max(high, low + 10)
+    left, top, gap = GUTTER, 30 + 22, 40  # below the title, a line of captions; gap between panels
+    figure_width = left + len(panels) * (width + gap) - gap + MARGIN
+    labels = [label for label, _ in panels[0]["series"]]
+    entries = [(label, {"fill": SERIES[i % len(SERIES)]}) for i, label in enumerate(labels)]
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [[]]  # the legend, wrapped: the entries of each line
+    for entry in entries:
+        if lines[-1] and MARGIN + legend_width(scratch, lines[-1] + [entry]) > figure_width - MARGIN:
+            lines.append([])
+        lines[-1].append(entry)
+    figure = Image.new("RGB", (figure_width, top + plot + 48 + 22 * len(lines)), BACKGROUND)
+    draw = ImageDraw.Draw(figure)
+    draw.text((MARGIN, 8), fit(draw, title, 15, figure.width - 2 * MARGIN), fill=INK, font=font(15))
+    y_of = lambda v: top + plot - round(v / 100 * plot)  # noqa: E731
+    for p, panel in enumerate(panels):
+        x0 = left + p * (width + gap)
+        x_of = lambda v: x0 + round((v - low) / (high - low) * width)  # noqa: E731
+        draw.text((x0, top - 20), fit(draw, panel["caption"], 13, width), fill=INK, font=font(13))
+        for v in range(0, 101, 20):
+            draw.line((x0, y_of(v), x0 + width, y_of(v)), fill=FAINT)
+            label = f"{v}%"
+            draw.text((x0 - 5 - text_width(draw, label, 11), y_of(v) - 6), label, fill=GREY, font=font(11))
+        for v in range(low, high + 1, tick_step(high - low, width, 40)):
+            draw.line((x_of(v), top + plot, x_of(v), top + plot + 4), fill=GREY)
+            label = f"{v}%"
+            draw.text((x_of(v) - text_width(draw, label, 11) // 2, top + plot + 5), label, fill=GREY, font=font(11))
+        draw.rectangle((x0, top, x0 + width, top + plot), outline=GREY)
+        for i, (_, points) in enumerate(panel["series"]):
+            colour, points = SERIES[i % len(SERIES)], sorted(points)
+            if len(points) > 1:
+                draw.line([(x_of(x), y_of(y)) for x, y, _ in points], fill=colour, width=2)
+            for x, y, se in points:
+                draw.line((x_of(x), y_of(min(y + se, 100)), x_of(x), y_of(max(y - se, 0))), fill=colour, width=1)
+                draw.ellipse((x_of(x) - 3, y_of(y) - 3, x_of(x) + 3, y_of(y) + 3), fill=colour)
+        draw.text((x0, top + plot + 20), "FLOPs reduction", fill=INK, font=font(13))
+    vertical_text(figure, "accuracy", MARGIN, top + plot // 2)
+    for line, row in enumerate(lines):
+        legend(draw, MARGIN, top + plot + 44 + 22 * line, row)
     return figure

@@ -111,6 +111,22 @@ def test_table_refuses_rows_evaluated_on_different_questions():
         evaluate.table([row, row | {"loc_n": 5}])
 
 
+def test_table_rows_reads_a_table_back_by_row_name():
+    """table_rows undoes table(): each line by "method layers", the header's two lines together, a first
+    line kept when a second table repeats its name; text with no table is refused in one line."""
+    row = dict.fromkeys(evaluate.KEYS, 0.5) | {"method": "fastv", "layer": [3], "loc_n": 4, "other_n": 4,
+                                                "loc_top_n": 2, "loc_bottom_n": 2}
+    none = row | {"method": "none", "layer": [], "flops_reduction": 0.0, "bottom_share": None}
+    text = "$ eval ...\n" + evaluate.table([none, row]) + "\n\n" + evaluate.table([row | {"loc_acc": 0.25}])
+    rows = evaluate.table_rows(text)
+    assert sorted(rows) == ["fastv 3", "header", "none -"]
+    assert rows["header"] == "\n".join(evaluate.table([row]).splitlines()[:2])
+    assert rows["fastv 3"] == "| fastv | 3 | 50.0 | 50.0 ± 50.0 | 50.0 ± 50.0 | 50.0 ± 50.0 | 50.0 ± 50.0 | 50.0 |"
+    assert rows["none -"].startswith("| none | - | 0.0 |")
+    with pytest.raises(ValueError, match=r"^table_rows: no eval table in the text"):
+        evaluate.table_rows("row  0 ###\n")
+
+
 def test_half_of_a_target_and_accuracy_with_its_error():
     """The centre's half of the padded square (exactly on the middle line: neither); p and sqrt(p(1-p)/n)."""
     case = lambda box, size=(96, 96): evaluate.Case(None, "", "loc", box=box, size=size)  # noqa: E731

@@ -102,3 +102,25 @@ def test_tick_step():
     220 px with 28 px gaps by 1."""
     assert pictures.tick_step(581, 581, 60) == 100
     assert pictures.tick_step(4, 220, 28) == 1
+
+
+def test_curves_figure_size_and_legend_lines():
+    """One panel of 330 px: width 64 + 330 + 12 = 406; height 52 (title, captions) + 220 (plot) + 48 (axis)
+    + 22 per legend line = 342. Two panels (gap 40): 64 + 2 x 330 + 40 + 12 = 776; eight labels of about
+    175 px each (swatch, text, gap) wrap to two lines of four: 342 + 22 = 364."""
+    series = [("s", [(20.0, 50.0, 10.0), (40.0, 100.0, 0.0)])]
+    assert pictures.curves_figure([{"caption": "a", "series": series}], "t").size == (406, 342)
+    many = [(f"a long label number {i}", [(20.0, 50.0, 1.0)]) for i in range(8)]
+    two = pictures.curves_figure([{"caption": "a", "series": many}] * 2, "t")
+    assert two.size == (776, 364)
+
+
+def test_curves_points_and_error_bars_land_on_their_values():
+    """x spans 20..40% over 330 px from x = 64, y 0..100% over 220 px up from y = 272: the point
+    (20%, 50%) is a dot at (64, 162), its bar of 10 points runs from y 140 to 184; (40%, 100%) at (394, 52)."""
+    series = [("s", [(20.0, 50.0, 10.0), (40.0, 100.0, 0.0)])]
+    figure = pictures.curves_figure([{"caption": "a", "series": series}], "t")
+    colour = pictures.SERIES[0]
+    assert figure.getpixel((64, 162)) == colour and figure.getpixel((394, 52)) == colour
+    assert {figure.getpixel((64, y)) for y in (141, 150, 175, 183)} == {colour}  # the bar, over the frame
+    assert figure.getpixel((64, 190)) == pictures.GREY  # below the bar: the frame again
