@@ -40,12 +40,23 @@ def test_stage2_keeps_feathers_first_stage_and_moves_the_second():
     assert rows["feather, stage 2 at layer 15 keeping 20 at random"].stages == (first, Stage(15, "phi_random", count=20))
 
 
+def test_criteria_are_eval_presets_at_the_curves_layers():
+    """KNN, the grid, the ensemble and the control as eval's Table 1 runs them (a quarter; the ensemble
+    a quarter by phi_-R plus the stride-3 grid), at layers 2, 3, 5, 8, 11, 15 of 30: 24 rows; 16 at 8
+    layers, where four of the six layers remain."""
+    rows = accuracy_flops.criteria(30)
+    assert len(rows) == 24 and len(accuracy_flops.criteria(8)) == 16
+    assert rows["ensemble from layer 3"].stages == (Stage(3, "phi_ensemble", 0.25, stride=3),)
+    assert rows["uniform from layer 15"].stages == (Stage(15, "phi_uniform", 0.25),)
+
+
 def test_committed_sweeps_hold_one_row_per_schedule_with_consistent_errors():
-    """results/accuracy_flops_smol.jsonl and stage2_sweep_smol.jsonl: the rows of feather-smol's 30 layers,
-    each named as the script names it, on 100 boxes and 100 other questions, each standard error
-    sqrt(p (1 - p) / n)."""
+    """results/accuracy_flops_smol.jsonl, stage2_sweep_smol.jsonl, criteria_flops_smol.jsonl: the rows of
+    feather-smol's 30 layers, each named as the script names it, on 100 boxes and 100 other questions,
+    each standard error sqrt(p (1 - p) / n)."""
     for file, sweep in (("accuracy_flops_smol.jsonl", accuracy_flops.curves),
-                        ("stage2_sweep_smol.jsonl", accuracy_flops.stage2)):
+                        ("stage2_sweep_smol.jsonl", accuracy_flops.stage2),
+                        ("criteria_flops_smol.jsonl", accuracy_flops.criteria)):
         rows = committed(file)
         assert sorted(r["method"] for r in rows) == sorted(sweep(30)), file
         for r in rows:

@@ -193,7 +193,7 @@ def test_printed_accuracies_carry_standard_errors_a_reader_can_recompute():
         for info, body in fenced_blocks(chapter.read_text()):
             if info == "text":
                 checked += check_standard_errors(body, chapter.name)
-    assert checked == 282, f"{checked} accuracies in the chapters' outputs, not 282: update the count on purpose"
+    assert checked == 318, f"{checked} accuracies in the chapters' outputs, not 318: update the count on purpose"
 
 
 def prose(markdown: str) -> str:
@@ -247,7 +247,7 @@ def test_pictures_drawn_by_a_block_are_the_ones_committed():
                 assert block.expected is not None and str(size) in block.expected, \
                     f"{chapter.name}, python block {block.number} prints no size {size} of {name}"
                 saved += 1
-    assert saved == 4  # 04-kept-vs-distance, 05-accuracy-vs-flops, 06-stage2-sweep and 07-tokens-per-layer
+    assert saved == 5  # 04-kept-vs-distance, 05-accuracy-vs-flops, 05-criteria-vs-flops, 06-stage2-sweep, 07-tokens-per-layer
 
 
 def test_pictures_made_by_commands_have_the_sizes_of_their_layout():
@@ -260,8 +260,8 @@ def test_pictures_made_by_commands_have_the_sizes_of_their_layout():
     for name, size in expected.items():
         with Image.open(TUTORIAL / "images" / name) as picture:
             assert picture.size == size, f"tutorial/images/{name} is {picture.size}, expected {size}"
-    drawn_by_blocks = ("04-kept-vs-distance.png", "05-accuracy-vs-flops.png", "06-stage2-sweep.png",
-                       "07-tokens-per-layer.png")  # checked pixel for pixel by test_chapter
+    drawn_by_blocks = ("04-kept-vs-distance.png", "05-accuracy-vs-flops.png", "05-criteria-vs-flops.png",
+                       "06-stage2-sweep.png", "07-tokens-per-layer.png")  # checked pixel for pixel by test_chapter
     assert sorted(expected) == sorted(p.name for p in (TUTORIAL / "images").glob("*.png")
                                       if p.name not in drawn_by_blocks)
 
