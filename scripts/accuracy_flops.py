@@ -1,5 +1,5 @@
 """Accuracy against FLOPs reduction, through the same evaluate() as `python -m feather_mini eval`,
-for the curves that Table 1's two points per method cannot show. Two sweeps:
+for the curves that Table 1's two points per method cannot show. Three sweeps:
 
 - curves: one-stage FastV (phi_original) and phi_-R at six layers and three keep ratios;
 - stage2: FEATHER's second stage moved over five layers, keeping 20, 50 or 100 visual tokens
@@ -8,7 +8,7 @@ for the curves that Table 1's two points per method cannot show. Two sweeps:
 - criteria: KNN, the grid, the ensemble and the random control, as eval's Table 1 runs them, at
   the same six layers as the curves.
 
-    python scripts/accuracy_flops.py WEIGHTS QUESTIONS ROWS [curves|stage2] > TABLE
+    python scripts/accuracy_flops.py WEIGHTS QUESTIONS ROWS [curves|stage2|criteria] > TABLE
     python scripts/accuracy_flops.py feather-smol 200 results/accuracy_flops_smol.jsonl > results/accuracy_flops_smol.txt
     python scripts/accuracy_flops.py feather-smol 200 results/stage2_sweep_smol.jsonl stage2 \
         > results/stage2_sweep_smol.txt
